@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` (train the tiny model on this machine)
+# and `make test` (the whole suite, including a real Slurm cluster started by the tests).
+PY ?= python3
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+STAMP := .make
+RUNS ?= runs
+DEMO_RUN ?= demo
+
+.PHONY: setup demo test test-fast bench clean-demo
+
+$(STAMP)/python: setup.cfg pyproject.toml constraints.txt
+	@mkdir -p $(STAMP)
+	$(PIP) -e '.[test]'
+	@touch $@
+
+$(STAMP)/slurm: scripts/install-slurm-test-deps.sh
+	@mkdir -p $(STAMP)
+	bash scripts/install-slurm-test-deps.sh
+	@touch $@
+
+setup: $(STAMP)/python
+
+# Synthetic legal corpus -> local tokenizer -> packed shards, then CPT of tiny-mixtral with 2 DDP ranks.
+demo: $(STAMP)/python
+	$(PY) jobs/submit.py stage=prepare model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS)
+	$(PY) jobs/submit.py stage=cpt model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) nproc=2 optim.lr=1e-3 optim.warmup_steps=5
+
+test: $(STAMP)/python $(STAMP)/slurm
+	$(PY) -m pytest -q -ra
+
+# Everything but the real-Slurm and slow end-to-end tests (a quick loop while editing).
+test-fast: $(STAMP)/python
+	$(PY) -m pytest -q -ra -m "not slurm and not slow"
+
+bench: $(STAMP)/python
+	$(PY) benchmarks/stage_overhead.py
+
+clean-demo:
+	rm -rf $(RUNS)/$(DEMO_RUN)

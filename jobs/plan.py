@@ -1,0 +1,83 @@
+"""The launch plan: what will run where, printed by dry runs and before every submit."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+from saul.config.model_size import count_parameters
+from saul.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    rank: int
+    node: int
+    local_rank: int
+    device: str
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    rundir: RunDir
+    nodes: int
+    nproc: int
+    launcher: str
+    rank_command: List[str]
+    ranks: List[RankPlan]
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc
+
+
+def human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def device_label(site, local_rank: int) -> str:
+    if site.gpu_vendor == "amd":
+        return f"GCD {local_rank} (ROCR_VISIBLE_DEVICES={local_rank})"
+    if site.gpu_vendor == "nvidia":
+        return f"GPU {local_rank} (CUDA_VISIBLE_DEVICES={local_rank})"
+    return "CPU"
+
+
+def make_plan(cfg, rundir: RunDir) -> LaunchPlan:
+    command = ["python", "-m", "saul.stage_entry", str(rundir.root)]
+    launcher = "local processes (jobs/local_launcher.py)" if cfg.site.scheduler == "none" else "submitit SlurmExecutor"
+    ranks = [RankPlan(n * cfg.nproc + r, n, r, device_label(cfg.site, r)) for n in range(cfg.nodes) for r in range(cfg.nproc)]
+    return LaunchPlan(rundir, cfg.nodes, cfg.nproc, launcher, command, ranks)
+
+
+def describe(cfg, plan: LaunchPlan, site_reason: str, max_rank_lines: int = 8) -> str:
+    t = cfg.train
+    size = count_parameters(cfg.model)
+    lines = [
+        f"site:        {cfg.site.name} ({site_reason})",
+        f"stage:       {cfg.stage}   run: {cfg.run}",
+        f"run dir:     {plan.rundir.root}",
+    ]
+    if cfg.stage != "prepare":
+        global_batch = t.micro_batch * t.grad_accum * plan.world_size
+        tokens = global_batch * t.seq_len
+        lines += [
+            f"model:       {cfg.model.name}: {human(size.total)} parameters ({human(size.active)} active), "
+            f"{cfg.model.dtype}, {cfg.parallel}",
+            f"batch:       {t.micro_batch} x {t.grad_accum} accum x {plan.world_size} ranks = {global_batch} sequences "
+            f"x {t.seq_len} tokens = {tokens:,} tokens/step; {t.max_steps} steps = {tokens * t.max_steps:,} tokens",
+            f"optimizer:   AdamW lr {cfg.optim.lr:g} betas {tuple(cfg.optim.betas)} {cfg.optim.schedule}, "
+            f"checkpoint every {cfg.checkpoint.every_steps} steps (keep {cfg.checkpoint.keep_last})",
+        ]
+    lines += [
+        f"ranks:       {plan.world_size} = {plan.nodes} node(s) x {plan.nproc} process(es) per node",
+        f"launcher:    {plan.launcher}",
+        f"each rank:   {' '.join(plan.rank_command)}",
+    ]
+    for r in plan.ranks[:max_rank_lines]:
+        lines.append(f"  rank {r.rank:>4}  node {r.node:>3}  local_rank {r.local_rank}  {r.device}")
+    if len(plan.ranks) > max_rank_lines:
+        lines.append(f"  ... {len(plan.ranks) - max_rank_lines} more ranks, same layout on every node")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Submit one stage of a run: `python jobs/submit.py stage=cpt [model=...] [site=...] [key=value ...]`.
+
+Composes and validates the config (nothing is written when it is wrong: one line, exit 2),
+prints the launch plan, freezes config.yaml in the run directory and launches the ranks:
+local processes on the `local` site, Slurm jobs elsewhere. Re-running the same command resumes
+the stage from its newest valid checkpoint. `dry_run=true` / `--dry-run` only prints.
+
+Exit codes: 0 stage done; 2 bad input; 75 stopped (checkpointed; run the same command to
+resume); anything else: the stage failed (see the rank logs named on the last line).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from saul import exit_codes  # noqa: E402
+from saul.config.compose import compose  # noqa: E402
+from saul.config.errors import ConfigError  # noqa: E402
+from saul.config.validate import check_data, validate  # noqa: E402
+from saul.rundir import RunDir  # noqa: E402
+
+USAGE = __doc__.split("\n\n")[0] + "\nSee README.md for the grammar, stages and examples."
+
+
+def parse_argv(argv):
+    overrides, dry_run = [], False
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            raise SystemExit(0)
+        if arg in ("--dry-run", "-n"):
+            dry_run = True
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown option '{arg}': options are --dry-run and --help; settings are key=value")
+        else:
+            overrides.append(arg)
+    return overrides, dry_run
+
+
+def prepare_submission(argv):
+    """Everything that can fail on bad input, before anything is written."""
+    overrides, dry_flag = parse_argv(argv)
+    composed = compose(overrides)
+    cfg = composed.cfg
+    if dry_flag:
+        cfg.dry_run = True
+    warnings = validate(cfg)
+    rundir = RunDir.from_config(cfg)
+    if cfg.dry_run:
+        try:
+            check_data(cfg, rundir)
+        except ConfigError as exc:
+            warnings.append(f"when run for real: {exc}")
+    else:
+        check_data(cfg, rundir)
+    return composed, cfg, rundir, warnings
+
+
+def launch_local(cfg, rundir: RunDir) -> int:
+    from jobs.follow import Follower
+    from jobs.local_launcher import LocalJob
+
+    job = LocalJob(rundir.root, cfg.nproc, rundir.logs)
+    job.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, job.on_user_signal)
+    follower = Follower(job.log_path(0), rundir.metrics)
+    t0 = time.time()
+    code = job.wait(tick=follower.tick)
+    follower.close()
+    elapsed = time.time() - t0
+    logs = ", ".join(str(job.log_path(r)) for r in range(cfg.nproc))
+    if code == exit_codes.DONE:
+        print(f"done: stage {cfg.stage} of run {cfg.run} finished in {elapsed:.1f}s; outputs in {rundir.root}")
+    elif code == exit_codes.STOPPED:
+        print(f"stopped after a checkpoint ({elapsed:.1f}s): run the same command to resume; logs: {logs}")
+    elif code == exit_codes.CONFIG_ERROR:
+        print(f"error: stage {cfg.stage} refused its input (see the 'error:' line above); logs: {logs}", file=sys.stderr)
+    else:
+        print(f"failed: a rank exited with code {code} after {elapsed:.1f}s; rank logs: {logs}; "
+              f"run the same command to resume from the newest valid checkpoint", file=sys.stderr)
+    return code
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from jobs.frozen_config import freeze_or_check
+    from jobs.plan import describe, make_plan
+
+    try:
+        composed, cfg, rundir, warnings = prepare_submission(argv)
+        plan = make_plan(cfg, rundir)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(describe(cfg, plan, composed.site.reason))
+        if cfg.dry_run:
+            print("\n# resolved config\n" + OmegaConf.to_yaml(cfg), end="")
+            return exit_codes.DONE
+        if cfg.site.scheduler != "none":
+            raise ConfigError(f"site '{cfg.site.name}' uses Slurm; submitting to Slurm is not available in this build")
+        print(freeze_or_check(rundir.config, cfg, rundir.ledger))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_codes.CONFIG_ERROR
+    return launch_local(cfg, rundir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Range and cross-field checks that types alone cannot express. Every failure is one ConfigError line."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import List
+
+import psutil
+
+from saul.config.errors import ConfigError
+from saul.config.model_size import training_state_gb_per_rank
+from saul.config.schema import GPU_VENDORS, PARALLEL, SCHEDULERS
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TRAINING_STAGES = ("cpt", "anneal")
+
+
+def _positive(cfg, key: str, allow_zero: bool = False) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} is out of range: it must be {bound}")
+
+
+def validate(cfg) -> List[str]:
+    """Raise ConfigError on the first problem; return warnings (printed, not fatal)."""
+    warnings: List[str] = []
+    if not RUN_NAME.match(cfg.run):
+        raise ConfigError(f"run='{cfg.run}' is not a valid run name: use letters, digits, '.', '_' or '-' (max 100)")
+    for key in ("nodes", "nproc", "train.max_steps", "train.micro_batch", "train.grad_accum", "train.seq_len",
+                "train.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "optim.lr",
+                "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min"):
+        _positive(cfg, key)
+    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
+                "train.threads_per_rank", "data.num_workers"):
+        _positive(cfg, key, allow_zero=True)
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas={list(cfg.optim.betas)} is out of range: two numbers in [0, 1)")
+    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} is out of range: it must be in [0, 1]")
+    if cfg.optim.schedule not in ("cosine", "constant", "linear"):
+        raise ConfigError(f"optim.schedule='{cfg.optim.schedule}' is unknown: use cosine, constant or linear")
+    if cfg.parallel not in PARALLEL:
+        raise ConfigError(f"parallel='{cfg.parallel}' is unknown: use {' or '.join(PARALLEL)}")
+    if cfg.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype='{cfg.model.dtype}' is unknown: use float32 or bfloat16")
+    if cfg.model.attn_implementation not in ("auto", "flash_attention_2", "sdpa", "eager"):
+        raise ConfigError(
+            f"model.attn_implementation='{cfg.model.attn_implementation}' is unknown: use auto, flash_attention_2, sdpa or eager"
+        )
+    m = cfg.model
+    if m.hidden_size % m.num_attention_heads or m.num_attention_heads % m.num_key_value_heads:
+        raise ConfigError(
+            f"model: hidden_size ({m.hidden_size}) must divide by num_attention_heads ({m.num_attention_heads}), "
+            f"which must divide by num_key_value_heads ({m.num_key_value_heads})"
+        )
+    if not 0 < m.num_experts_per_tok <= m.num_local_experts:
+        raise ConfigError(
+            f"model.num_experts_per_tok={m.num_experts_per_tok} must be in [1, num_local_experts={m.num_local_experts}]"
+        )
+    if cfg.train.seq_len > m.max_position_embeddings:
+        raise ConfigError(
+            f"train.seq_len={cfg.train.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}"
+        )
+    if m.path and not (Path(m.path) / "config.json").is_file():
+        raise ConfigError(f"model.path={m.path} is not an HF-format model directory (no config.json there)")
+    _validate_site(cfg)
+    _validate_memory(cfg)
+    return warnings
+
+
+def _validate_site(cfg) -> None:
+    site = cfg.site
+    if site.scheduler not in SCHEDULERS:
+        raise ConfigError(f"site {site.name}: scheduler='{site.scheduler}' is unknown: use none or slurm")
+    if site.gpu_vendor not in GPU_VENDORS:
+        raise ConfigError(f"site {site.name}: gpu_vendor='{site.gpu_vendor}' is unknown: use none, amd or nvidia")
+    if site.scheduler == "none" and cfg.nodes != 1:
+        raise ConfigError(f"nodes={cfg.nodes}: site '{site.name}' has no Slurm, so it runs on 1 node; pick a Slurm site")
+    if site.gpus_per_node and cfg.nproc > site.gpus_per_node:
+        raise ConfigError(
+            f"nproc={cfg.nproc} exceeds the {site.gpus_per_node} GPU devices per node of site '{site.name}'"
+        )
+
+
+def _validate_memory(cfg) -> None:
+    """Refuse a model whose training state cannot fit, before a job waits hours in the queue to OOM."""
+    if cfg.stage not in TRAINING_STAGES:
+        return
+    world = cfg.nodes * cfg.nproc
+    need = training_state_gb_per_rank(cfg.model, world, zero3=cfg.parallel == "zero3")
+    if cfg.site.gpus_per_node:
+        have, what = cfg.site.device_memory_gb, "GPU memory per device"
+    else:
+        node_gb = cfg.site.mem_per_node_gb or psutil.virtual_memory().total / 1e9
+        have, what = node_gb / cfg.nproc, "host memory per process"
+    if have and need > have:
+        hint = "use model=tiny-mixtral on this machine" if not cfg.site.gpus_per_node else "add nodes or use parallel=zero3"
+        raise ConfigError(
+            f"model {cfg.model.name} needs ~{need:,.0f} GB of weights, gradients and optimizer state per rank "
+            f"({cfg.parallel}, {world} ranks) but site '{cfg.site.name}' has {have:,.0f} GB of {what}: {hint}"
+        )
+
+
+def data_dir(cfg, run_dir) -> Path:
+    return Path(cfg.data.path) if cfg.data.path else run_dir.default_data
+
+
+def check_data(cfg, run_dir) -> None:
+    """Training stages need a packed dataset; name the path and the command that makes one."""
+    if cfg.stage not in TRAINING_STAGES:
+        return
+    path = data_dir(cfg, run_dir)
+    if not (path / "manifest.json").is_file():
+        how = (
+            f"run `python jobs/submit.py stage=prepare run={cfg.run} model={cfg.model.name}` first"
+            if not cfg.data.path
+            else "point data.path at a directory written by stage=prepare"
+        )
+        raise ConfigError(f"no packed dataset at {path} (manifest.json missing): {how}")
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("seq_len") != cfg.train.seq_len:
+        raise ConfigError(
+            f"dataset {path} is packed to seq_len={manifest.get('seq_len')} but train.seq_len={cfg.train.seq_len}: "
+            "re-run stage=prepare with the same train.seq_len or set train.seq_len to match"
+        )
+    if manifest.get("vocab_size", 0) > cfg.model.vocab_size:
+        raise ConfigError(
+            f"dataset {path} uses a vocabulary of {manifest['vocab_size']} tokens but model.vocab_size="
+            f"{cfg.model.vocab_size}: set model.vocab_size={manifest['vocab_size']} or more"
+        )

@@ -1,0 +1,136 @@
+"""What every rank runs: read the frozen config from the run directory and run one stage.
+
+`StageTask` is the callable submitit pickles, on the local site and under Slurm alike. It
+carries only the stage directory: everything else (config, newest checkpoint, data position)
+is read from disk at start, so a Slurm-side requeue that re-runs the original pickle still
+continues from the newest valid checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from saul import exit_codes
+from saul.config.errors import ConfigError
+from saul.rundir import RunDir
+
+
+def _sayer(rank: int):
+    host = socket.gethostname()
+
+    def say(message: str, all_ranks: bool = False) -> None:
+        if rank == 0 or all_ranks:
+            sys.stdout.write(f"[{time.strftime('%H:%M:%S')} {host} rank {rank}] {message}\n")
+            sys.stdout.flush()
+
+    return say
+
+
+class StageTask:
+    def __init__(self, stage_dir: str):
+        self.stage_dir = str(stage_dir)
+
+    def __call__(self) -> dict:
+        rundir = RunDir.from_stage_dir(self.stage_dir)
+        cfg = OmegaConf.load(rundir.config)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            if cfg.stage == "prepare":
+                return self._prepare(cfg, rundir)
+            return self._train(cfg, rundir)
+        except ConfigError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return {"exit_code": exit_codes.CONFIG_ERROR, "reason": str(exc)}
+
+    def _prepare(self, cfg, rundir: RunDir) -> dict:
+        from saul.data.prepare import prepare_dataset
+        from saul.train.distributed import rank_info
+
+        info = rank_info()
+        say = _sayer(info.rank)
+        if info.rank != 0:
+            return {"exit_code": exit_codes.DONE, "reason": "prepare runs on rank 0 only"}
+        out = Path(cfg.data.path) if cfg.data.path else rundir.default_data
+        t0 = time.time()
+        manifest = prepare_dataset(cfg.data, cfg.train.seq_len, cfg.seed, out)
+        say(f"dataset ready at {out}: {manifest['num_samples']} samples x {manifest['seq_len']} tokens, "
+            f"fingerprint {manifest['fingerprint'][:16]} ({time.time() - t0:.1f}s)")
+        return {"exit_code": exit_codes.DONE, "reason": "dataset prepared", "step": 0}
+
+    def _train(self, cfg, rundir: RunDir) -> dict:
+        import torch
+
+        from saul.train.checkpoint import CheckpointMismatch
+        from saul.config.validate import data_dir
+        from saul.data.dataset import DatasetError
+        from saul.resilience import ledger
+        from saul.train import distributed
+        from saul.train.loop import CausalLMTrainer
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # rank logs are files: no progress bars in them
+        info = distributed.rank_info()
+        say = _sayer(info.rank)
+        device = distributed.device_for(info)
+        if device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn about guessing it
+        threads = distributed.set_cpu_threads(cfg.train.threads_per_rank, info.local_world_size)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        distributed.init_process_group(info, device)
+        try:
+            attempt = ledger.next_attempt(rundir.ledger) if info.is_main else 0
+            attempt = _broadcast_int(attempt)
+            if info.is_main:
+                ledger.append(rundir.ledger, {
+                    "event": "attempt_start", "attempt": attempt, "job_id": info.job_id, "world_size": info.world_size,
+                    "nodes": info.num_nodes, "host": socket.gethostname(), "pid": os.getpid(),
+                })
+            say(f"{cfg.stage} attempt {attempt}: {info.world_size} ranks on {info.num_nodes} node(s), "
+                f"{cfg.parallel}, device {device}, {threads} CPU threads per rank")
+            init_path = ""
+            if cfg.model.init_from_stage:
+                init_path = str(rundir.run_root / cfg.model.init_from_stage / "final")
+                if not Path(init_path, "config.json").is_file():
+                    raise ConfigError(f"model.init_from_stage={cfg.model.init_from_stage}: no final model at {init_path}; "
+                                      f"finish that stage first")
+            try:
+                trainer = CausalLMTrainer(cfg, rundir, info, device, attempt, say, data_dir(cfg, rundir), init_path)
+                trainer.resume()
+            except (CheckpointMismatch, DatasetError) as exc:
+                raise ConfigError(str(exc)) from None
+            outcome = trainer.train()
+            return {"exit_code": outcome.exit_code, "step": outcome.step, "reason": outcome.reason}
+        finally:
+            distributed.destroy()
+
+
+def _broadcast_int(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def main(argv=None) -> int:
+    """`python -m saul.stage_entry <stage_dir>`: one rank, exit code per saul.exit_codes."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m saul.stage_entry <runs/RUN/STAGE>\n")
+        return exit_codes.CONFIG_ERROR
+    return int(StageTask(argv[0])()["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Two ways to hold a model across ranks behind one interface: plain DDP and DeepSpeed ZeRO-3.
+
+The step loop only calls `micro_step`, `optimizer_step`, `save_files`, `load_files`,
+`export_final`; everything backend-specific (no_sync, ZeRO partitions, DeepSpeed's own
+checkpoint layout) stays here.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from saul.train.model import build_model
+
+
+def lr_lambda(optim_cfg, max_steps: int):
+    warmup, floor = optim_cfg.warmup_steps, optim_cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if optim_cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        if optim_cfg.schedule == "linear":
+            return floor + (1.0 - floor) * (1.0 - progress)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _loss(outputs) -> torch.Tensor:
+    # HF adds router_aux_loss_coef * load-balancing loss to `loss` when output_router_logits=True.
+    return outputs.loss
+
+
+class DDPEngine:
+    """Full replica per rank; gradients all-reduced once per optimizer step (no_sync in between)."""
+
+    name = "ddp"
+
+    def __init__(self, cfg, device: torch.device, init_path: str = ""):
+        self.cfg, self.device = cfg, device
+        model, self.describe = build_model(cfg.model, device, cfg.seed, init_path=init_path)
+        self.module = model
+        distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self.model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o, cfg.train.max_steps))
+
+    def micro_step(self, input_ids: torch.Tensor, last: bool) -> float:
+        sync = last or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+        context = self.model.no_sync() if not sync else _null()
+        with context:
+            loss = _loss(self.model(input_ids=input_ids, labels=input_ids))
+            (loss / self.cfg.train.grad_accum).backward()
+        return float(loss.detach())
+
+    def optimizer_step(self) -> Tuple[float, float]:
+        clip = self.cfg.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip if clip > 0 else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm), lr
+
+    def save_files(self, directory: Path, rank: int) -> None:
+        from safetensors.torch import save_file
+
+        if rank == 0:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()},
+                      str(directory / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+        torch.save(rng_state(), directory / f"rng-rank{rank:05d}.pt")
+
+    def load_files(self, directory: Path, rank: int) -> None:
+        from safetensors.torch import load_file
+
+        self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=False))
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
+        set_rng_state(torch.load(directory / f"rng-rank{rank:05d}.pt", weights_only=False))
+
+    def full_state_dict(self) -> dict:
+        return self.module.state_dict()
+
+
+class Zero3Engine:
+    """DeepSpeed ZeRO stage 3: parameters, gradients and optimizer state sharded over all ranks."""
+
+    name = "zero3"
+
+    def __init__(self, cfg, device: torch.device, init_path: str = ""):
+        import deepspeed
+
+        self.cfg, self.device = cfg, device
+        t, o = cfg.train, cfg.optim
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        self.ds_config = {
+            "train_micro_batch_size_per_gpu": t.micro_batch,
+            "gradient_accumulation_steps": t.grad_accum,
+            "train_batch_size": t.micro_batch * t.grad_accum * world,
+            "gradient_clipping": o.grad_clip,
+            "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+            "zero_optimization": {
+                "stage": 3,
+                "overlap_comm": device.type == "cuda",
+                "contiguous_gradients": True,
+                # 0: shard every parameter, even a tiny model's (the default keeps small ones whole)
+                "stage3_param_persistence_threshold": 0,
+                "stage3_gather_16bit_weights_on_model_save": True,
+            },
+            # torch_adam: no JIT-compiled fused Adam (needs a compiler and ~65 s on first use on CPU)
+            "optimizer": {"type": "AdamW", "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps,
+                                                      "weight_decay": o.weight_decay, "torch_adam": True}},
+            "steps_per_print": 10 ** 9,
+            "wall_clock_breakdown": False,
+        }
+        zero_init = deepspeed.zero.Init(config_dict_or_path=self.ds_config, remote_device=None)
+        model, self.describe = build_model(cfg.model, device, cfg.seed, zero3_init=zero_init, init_path=init_path)
+        self.module = model
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, config=self.ds_config, model_parameters=model.parameters(),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, t.max_steps)),
+        )
+        self.scheduler = self.engine.lr_scheduler
+
+    def micro_step(self, input_ids: torch.Tensor, last: bool) -> float:
+        loss = _loss(self.engine(input_ids=input_ids, labels=input_ids))
+        self.engine.backward(loss)  # DeepSpeed scales by 1/grad_accum itself
+        if not last:
+            self.engine.step()  # only advances DeepSpeed's micro-step counter off the boundary
+        return float(loss.detach())
+
+    def optimizer_step(self) -> Tuple[float, float]:
+        lr = self.scheduler.get_last_lr()[0]
+        self.engine.step()  # at the accumulation boundary: clip, optimizer step, scheduler step
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan"), lr
+
+    def save_files(self, directory: Path, rank: int) -> None:
+        self.engine.save_checkpoint(str(directory), tag="zero3", save_latest=False)
+        torch.save(rng_state(), directory / f"rng-rank{rank:05d}.pt")
+
+    def load_files(self, directory: Path, rank: int) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory), tag="zero3", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no ZeRO-3 checkpoint under {directory}/zero3")
+        set_rng_state(torch.load(directory / f"rng-rank{rank:05d}.pt", weights_only=False))
+
+    def full_state_dict(self) -> dict:
+        """Collective: gathers parameters layer by layer onto rank 0 (other ranks get an empty dict)."""
+        return self.engine._zero3_consolidated_16bit_state_dict() or {}
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def make_engine(cfg, device: torch.device, init_path: str = ""):
+    return (Zero3Engine if cfg.parallel == "zero3" else DDPEngine)(cfg, device, init_path)

@@ -1,0 +1,233 @@
+"""The causal-LM step loop shared by CPT and annealing: resume, train, checkpoint, stop on request.
+
+Data position is counted in samples consumed: the global batch at position p is a pure
+function of (p, global batch, dataset, seed), so resuming at the checkpoint's position replays
+exactly the batches an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from saul import exit_codes
+from saul.data.dataset import PackedDataset, global_batch_ids, rank_slice
+from saul.resilience import ledger
+from saul.resilience.stop_request import StopRequest
+from saul.rundir import RunDir
+from saul.train import checkpoint as ckpt
+from saul.train.distributed import RankInfo, barrier
+from saul.train.engine import make_engine
+from saul.train.metrics import MetricsWriter
+
+log = logging.getLogger("saul.train")
+
+
+@dataclass
+class Position:
+    step: int = 0
+    samples: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    step: int
+    reason: str
+
+
+def batch_digest(ids: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _broadcast(obj, rank: int):
+    if not dist.is_initialized():
+        return obj
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_ok(ok: bool) -> bool:
+    if not dist.is_initialized():
+        return ok
+    t = torch.tensor([0.0 if ok else 1.0], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() == 0.0
+
+
+def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
+    """Newest checkpoint whose manifest and files verify; every rank checks a share of the files."""
+    candidates = _broadcast([(s, str(p)) for s, p in ckpt.list_step_dirs(root)], info.rank)
+    for step, path_str in candidates:
+        path = Path(path_str)
+        try:
+            manifest = ckpt.read_manifest(path)
+            problem = ckpt.verify_share(path, manifest, info.rank, info.world_size)
+        except (ValueError, OSError) as exc:
+            manifest, problem = None, str(exc)
+        if _all_ok(problem is None):
+            return path, manifest
+        if problem:
+            warn(f"skipping checkpoint {path.name}: {problem}")
+        barrier()
+    return None
+
+
+class CausalLMTrainer:
+    def __init__(self, cfg, rundir: RunDir, info: RankInfo, device: torch.device, attempt: int, say, data_path: Path,
+                 init_path: str = ""):
+        self.cfg, self.rundir, self.info, self.device, self.attempt, self.say = cfg, rundir, info, device, attempt, say
+        self.dataset = PackedDataset(data_path)
+        t = cfg.train
+        self.global_batch = t.micro_batch * t.grad_accum * info.world_size
+        self.engine = make_engine(cfg, device, init_path)
+        say(self.engine.describe)
+        self.metrics = MetricsWriter(rundir.metrics, enabled=info.is_main)
+        self.stop = StopRequest().install()
+        self.pos = Position()
+        self.resumed_from: Optional[str] = None
+        self.last_saved_step = -1
+
+    # --- state -------------------------------------------------------------------------------
+    def expected_state(self) -> dict:
+        return {"dataset_fingerprint": self.dataset.fingerprint, "global_batch": self.global_batch,
+                "seq_len": self.cfg.train.seq_len, "parallel": self.cfg.parallel,
+                "world_size": self.info.world_size}
+
+    def resume(self) -> None:
+        found = find_resume_point(self.rundir.checkpoints, self.info, self.say)
+        if found is None:
+            self.say("no valid checkpoint: starting from step 0")
+            return
+        path, manifest = found
+        state = manifest["state"]
+        ckpt.check_resumable(state, self.expected_state())
+        t0 = time.time()
+        self.engine.load_files(path, self.info.rank)
+        self.pos = Position(state["step"], state["samples_consumed"], state["tokens_consumed"])
+        self.resumed_from = path.name
+        self.last_saved_step = self.pos.step
+        self.say(f"resumed from {path.name} (step {self.pos.step}, {self.pos.samples} samples) in {time.time() - t0:.2f}s")
+
+    def save(self) -> float:
+        t0 = time.time()
+        root, step = self.rundir.checkpoints, self.pos.step
+        tmp = Path(_broadcast(str(ckpt.begin_save(root, step)) if self.info.is_main else None, self.info.rank))
+        self.engine.save_files(tmp, self.info.rank)
+        barrier()
+        files = ckpt.relative_files(tmp)
+        share = ckpt.hash_share(tmp, files, self.info.rank, self.info.world_size)
+        shares = [None] * self.info.world_size if dist.is_initialized() else [share]
+        if dist.is_initialized():
+            dist.all_gather_object(shares, share)
+        if self.info.is_main:
+            merged = {k: v for s in shares for k, v in s.items()}
+            state = dict(self.expected_state(), step=step, samples_consumed=self.pos.samples,
+                         tokens_consumed=self.pos.tokens, attempt=self.attempt)
+            ckpt.commit_save(root, tmp, step, merged, state, self.cfg.checkpoint.keep_last)
+            self.metrics.sync()
+        barrier()
+        self.last_saved_step = step
+        seconds = time.time() - t0
+        self.metrics.write({"event": "checkpoint", "step": step, "seconds": round(seconds, 4), "attempt": self.attempt})
+        return seconds
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _batch(self, ids: np.ndarray) -> torch.Tensor:
+        rows = np.stack([self.dataset[int(i)] for i in ids]).astype(np.int64)
+        return torch.from_numpy(rows).to(self.device)
+
+    def train(self) -> Outcome:
+        cfg, t, info = self.cfg, self.cfg.train, self.info
+        ledger_start = self.pos.step
+        steps_this_attempt = 0
+        first_step_at: Optional[float] = None
+        t_attempt = time.time()
+        while self.pos.step < t.max_steps:
+            t0 = time.time()
+            ids = global_batch_ids(self.pos.samples, self.global_batch, len(self.dataset), cfg.seed)
+            micro_batches = rank_slice(ids, info.rank, info.world_size, t.micro_batch, t.grad_accum)
+            losses = []
+            for k, micro_ids in enumerate(micro_batches):
+                losses.append(self.engine.micro_step(self._batch(micro_ids), last=k == t.grad_accum - 1))
+            grad_norm, lr = self.engine.optimizer_step()
+            self.pos = Position(self.pos.step + 1, self.pos.samples + self.global_batch,
+                                self.pos.tokens + self.global_batch * t.seq_len)
+            steps_this_attempt += 1
+            if steps_this_attempt == t.stop_after_steps:
+                self.stop.request(f"train.stop_after_steps={t.stop_after_steps} reached")
+            # One all-reduce carries the loss and the stop vote: every rank stops at the same step.
+            packed = torch.tensor([float(np.mean(losses)), 1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+            if dist.is_initialized():
+                dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+            loss = packed[0].item() / info.world_size
+            stop_now = packed[1].item() > 0
+            step_time = time.time() - t0
+            if first_step_at is None:
+                first_step_at = time.time()
+            if self.pos.step % t.log_every == 0 or self.pos.step == t.max_steps or stop_now:
+                self._log_step(ids, loss, lr, grad_norm, step_time)
+            if self.pos.step % cfg.checkpoint.every_steps == 0 or self.pos.step == t.max_steps:
+                self.save()
+            if stop_now and self.pos.step < t.max_steps:
+                reason = self.stop.describe() if self.stop.requested else "another rank was asked to stop"
+                if cfg.checkpoint.save_on_stop and self.last_saved_step != self.pos.step:
+                    self.save()
+                self.say(f"stopping at step {self.pos.step}: {reason}; resume with the same command")
+                return self._finish(exit_codes.STOPPED, reason, ledger_start, first_step_at, t_attempt)
+        self.export_final()
+        return self._finish(exit_codes.DONE, "max_steps reached", ledger_start, first_step_at, t_attempt)
+
+    def _log_step(self, ids, loss, lr, grad_norm, step_time) -> None:
+        t = self.cfg.train
+        tokens = self.global_batch * t.seq_len
+        record = {"step": self.pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "step_time_s": round(step_time, 6), "tokens_per_s": round(tokens / max(step_time, 1e-9), 2),
+                  "tokens": self.pos.tokens, "samples": self.pos.samples, "max_steps": t.max_steps,
+                  "batch_digest": batch_digest(ids), "attempt": self.attempt}
+        if t.log_sample_ids:
+            record["sample_ids"] = [int(i) for i in ids]
+        self.metrics.write(record)
+        if self.info.is_main:
+            self.say(f"step {self.pos.step}/{t.max_steps} loss {loss:.4f} lr {lr:.2e} "
+                     f"{record['tokens_per_s']:.0f} tok/s {step_time * 1000:.0f} ms/step")
+
+    def _finish(self, code, reason, start_step, first_step_at, t_attempt) -> Outcome:
+        if self.info.is_main:
+            ledger.append(self.rundir.ledger, {
+                "event": "attempt_end", "attempt": self.attempt, "job_id": self.info.job_id, "exit_code": code,
+                "reason": reason, "step_start": start_step, "step_end": self.pos.step, "tokens_end": self.pos.tokens,
+                "resumed_from": self.resumed_from,
+                "time_to_first_step_s": round(first_step_at - t_attempt, 3) if first_step_at else None,
+            })
+        self.metrics.close()
+        return Outcome(code, self.pos.step, reason)
+
+    def export_final(self) -> None:
+        """`final/`: an HF-format model directory (config, safetensors, tokenizer) for the next stage."""
+        state = self.engine.full_state_dict()  # collective under ZeRO-3
+        if self.info.is_main:
+            out = self.rundir.root / "final"
+            tmp = self.rundir.root / ".tmp-final"
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer_dir = self.dataset.path / "tokenizer"
+            if tokenizer_dir.is_dir():
+                for f in tokenizer_dir.iterdir():
+                    shutil.copy2(f, tmp / f.name)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+            self.say(f"final model written to {out}")
+        barrier()
