@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    stop = _StopRequest()
+    stop.install()  # first thing: a stop during start-up still ends with a summary record
     args = build_parser().parse_args(argv)
     try:
         names, options = _validate(args)
@@ -70,13 +72,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"monitoring.meter: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out = Path(args.out)
-    lock = _acquire_lock(out / f"{args.node}.{args.job}.lock")
+    lock = _acquire_lock(_lock_path(out, args.node, args.job))
     if lock is None:
         print(f"monitoring.meter: a meter for node {args.node} job {args.job} is already running; "
               "exiting", file=sys.stderr)
         return 0
-    stop = _StopRequest()
-    stop.install()
     detection = detect_sources(names, options)
     try:
         with open(out / f"{args.node}.jsonl", "a", encoding="utf-8") as log:
@@ -211,6 +211,10 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _lock_path(out: Path, node: str, job) -> Path:
+    return out / f"{node}.{job}.lock"
+
+
 def _acquire_lock(path: Path) -> Optional[IO]:
     """An exclusive flock held for the meter's life, or None when another meter holds it.
 
@@ -248,11 +252,13 @@ def start_node_meter(
     stop_file: Optional[os.PathLike] = None,
     watch_pid: Optional[int] = None,
     extra_args: Sequence[str] = (),
+    ready_timeout_s: float = 10.0,
 ) -> subprocess.Popen:
     """Start this node's meter in the background; its stderr goes to <out>/<node>.<job>.meter.log.
 
-    watch_pid defaults to the caller, so a launcher that dies without stopping the meter does
-    not leave it running.
+    Returns once the meter holds its lock (so a stop from now on gets a summary record) or has
+    exited (a duplicate, or bad input: see its returncode). watch_pid defaults to the caller,
+    so a launcher that dies without stopping the meter does not leave it running.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,8 +278,18 @@ def start_node_meter(
     package_root = str(Path(__file__).resolve().parents[1])  # importable without an install
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(out / f"{node}.{job}.meter.log", "ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
+        popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 stdin=subprocess.DEVNULL)
+    lock = _lock_path(out, node, job)
+    deadline = time.monotonic() + ready_timeout_s
+    while popen.poll() is None and time.monotonic() < deadline:
+        try:
+            if lock.read_text().strip() == str(popen.pid):
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return popen
 
 
 def stop_node_meter(popen: subprocess.Popen, timeout_s: float = 10.0) -> int:

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -40,11 +41,13 @@ class StageTask:
         rundir = RunDir.from_stage_dir(self.stage_dir)
         cfg = OmegaConf.load(rundir.config)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        from saul.data.dataset import DatasetError
+
         try:
             if cfg.stage == "prepare":
                 return self._prepare(cfg, rundir)
             return self._train(cfg, rundir)
-        except ConfigError as exc:
+        except (ConfigError, DatasetError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return {"exit_code": exit_codes.CONFIG_ERROR, "reason": str(exc)}
 
@@ -68,7 +71,6 @@ class StageTask:
 
         from saul.train.checkpoint import CheckpointMismatch
         from saul.config.validate import data_dir
-        from saul.data.dataset import DatasetError
         from saul.resilience import ledger
         from saul.train import distributed
         from saul.train.loop import CausalLMTrainer
@@ -81,6 +83,8 @@ class StageTask:
         device = distributed.device_for(info)
         if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn about guessing it
+        # DeepSpeed 0.19 calls collectives torch 2.13 renamed: one warning per call would flood the logs.
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         threads = distributed.set_cpu_threads(cfg.train.threads_per_rank, info.local_world_size)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -104,7 +108,7 @@ class StageTask:
             try:
                 trainer = CausalLMTrainer(cfg, rundir, info, device, attempt, say, data_dir(cfg, rundir), init_path)
                 trainer.resume()
-            except (CheckpointMismatch, DatasetError) as exc:
+            except CheckpointMismatch as exc:
                 raise ConfigError(str(exc)) from None
             outcome = trainer.train()
             return {"exit_code": outcome.exit_code, "step": outcome.step, "reason": outcome.reason}

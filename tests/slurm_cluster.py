@@ -47,6 +47,8 @@ REQUIRED_BINARIES = (
 )
 
 # Offsets from `port_base`; two clusters with port bases 1000 apart never collide.
+DEFAULT_PORT_BASE = 16800
+PORT_BASE_STEP = 1000
 MARIADB_PORT_OFFSET = 6
 SLURMCTLD_PORT_OFFSET = 17
 SLURMDBD_PORT_OFFSET = 19
@@ -120,11 +122,19 @@ class LocalSlurmCluster:
         cpus_per_node: int = 2,
         cluster_name: str = "saultest",
         pm_counters: bool = False,
-        port_base: int = 16800,
+        port_base: int | None = None,
         real_memory_mb: int = 2000,
     ) -> None:
-        if nodes < 1:
-            raise ValueError("a cluster needs at least one node")
+        """Describe the cluster; nothing runs before `start()`.
+
+        `port_base=None` picks the first block of free ports from 16800 on in steps of
+        1000 (16806 MariaDB, 16817 slurmctld, 16819 slurmdbd, 16901.. slurmd), so two
+        clusters, or two test sessions, on one machine do not collide.
+        """
+        if not 1 <= nodes < PORT_BASE_STEP - SLURMD_PORT_OFFSET:
+            raise ValueError(f"nodes must be between 1 and {PORT_BASE_STEP - SLURMD_PORT_OFFSET - 1}")
+        if port_base is None:
+            port_base = find_free_port_base(nodes)
         if cluster_name != cluster_name.lower():
             raise ValueError("Slurm requires a lower-case ClusterName")
         self.workdir = Path(workdir).resolve()
@@ -133,6 +143,7 @@ class LocalSlurmCluster:
         self.cluster_name = cluster_name
         self.pm_counters = pm_counters
         self.real_memory_mb = real_memory_mb
+        self.port_base = port_base
         self.mariadb_port = port_base + MARIADB_PORT_OFFSET
         self.slurmctld_port = port_base + SLURMCTLD_PORT_OFFSET
         self.slurmdbd_port = port_base + SLURMDBD_PORT_OFFSET
@@ -385,9 +396,7 @@ class LocalSlurmCluster:
     # ------------------------------------------------------------------ start steps
 
     def _check_ports_free(self) -> None:
-        ports = [self.mariadb_port, self.slurmctld_port, self.slurmdbd_port,
-                 *self.slurmd_ports.values()]
-        busy = [port for port in ports if not _port_is_free(port)]
+        busy = [port for port in _ports_for(self.port_base, self.nodes) if not _port_is_free(port)]
         if busy:
             raise SlurmClusterError(
                 f"ports already in use: {busy}; another cluster may be running "
@@ -428,8 +437,7 @@ class LocalSlurmCluster:
              f"--log-file={log}", f"--seed-file={key_dir / 'munged.seed'}"],
             extra_logs=(log,), user=munge.pw_uid, group=munge.pw_gid,
         )
-        _wait_until(lambda: self.munge_socket.is_socket(), 20, "munged socket",
-                    check_alive=lambda: self._raise_if_dead(daemon))
+        self._wait_for_daemon(daemon, self.munge_socket.is_socket, 20, "munged socket")
 
     @property
     def munge_socket(self) -> Path:
@@ -461,13 +469,12 @@ class LocalSlurmCluster:
              f"--pid-file={self.mariadb_dir / 'mariadbd.pid'}",
              f"--log-error={error_log}",
              # Small but enough for slurmdbd; its recommended lock wait avoids a warning.
-             "--innodb-buffer-pool-size=256M", "--innodb-lock-wait-timeout=900"],
+             "--innodb-buffer-pool-size=1G", "--innodb-lock-wait-timeout=900"],
             extra_logs=(error_log,),
         )
-        _wait_until(
-            lambda: self._mariadb(["mariadb-admin", "ping"], check=False).returncode == 0,
+        self._wait_for_command(
+            daemon, lambda: self._mariadb(["mariadb-admin", "ping"], check=False),
             60, "MariaDB to accept connections",
-            check_alive=lambda: self._raise_if_dead(daemon),
         )
         self._mariadb(["mariadb", "-e",
                        "CREATE DATABASE IF NOT EXISTS slurm_acct_db; "
@@ -575,26 +582,26 @@ class LocalSlurmCluster:
     def _start_slurmdbd(self) -> None:
         daemon = self._spawn("slurmdbd", ["slurmdbd", "-D"],
                              extra_logs=(self.log_dir / "slurmdbd.log",))
-        _wait_until(
+        self._wait_for_command(
+            daemon,
             lambda: self.run(["sacctmgr", "-n", "-P", "show", "cluster"], check=False,
-                             timeout=15).returncode == 0,
+                             timeout=15),
             60, "slurmdbd to answer sacctmgr",
-            check_alive=lambda: self._raise_if_dead(daemon),
         )
         self.run(["sacctmgr", "-i", "add", "cluster", self.cluster_name])
 
     def _start_slurmctld(self) -> None:
         daemon = self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf_path)],
                              extra_logs=(self.log_dir / "slurmctld.log",))
-        _wait_until(
-            lambda: self.run(["scontrol", "ping"], check=False, timeout=15).returncode == 0,
+        self._wait_for_command(
+            daemon, lambda: self.run(["scontrol", "ping"], check=False, timeout=15),
             60, "slurmctld to answer scontrol ping",
-            check_alive=lambda: self._raise_if_dead(daemon),
         )
 
     def _start_slurmd(self, node: str) -> None:
         """Start `slurmd -N node` in its own UTS (and, for pm_counters, mount) namespace."""
-        slurmd = f"exec slurmd -D -N {node} -f {shlex.quote(str(self.conf_path))}"
+        slurmd = (f"exec {shlex.quote(_which('slurmd') or 'slurmd')} -D -N {node} "
+                  f"-f {shlex.quote(str(self.conf_path))}")
         script = [f"hostname {node}"]
         unshare = ["unshare", "--uts"]
         if self.pm_counters:
@@ -641,6 +648,7 @@ class LocalSlurmCluster:
     def _spawn(self, name: str, cmd: list[str], extra_logs: Iterable[Path] = (),
                user: int | None = None, group: int | None = None) -> _Daemon:
         stdout_log = self.log_dir / f"{name}.stdout"
+        cmd = [_which(cmd[0]) or cmd[0], *cmd[1:]]
         with open(stdout_log, "w") as out:
             process = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -652,6 +660,32 @@ class LocalSlurmCluster:
         daemon = _Daemon(name, process, (stdout_log, *extra_logs))
         self._daemons.append(daemon)
         return daemon
+
+    def _wait_for_daemon(self, daemon: _Daemon, ready: Callable[[], bool], timeout: float,
+                         what: str, details: Callable[[], str] = lambda: "") -> None:
+        """Poll `ready`; fail at once, with the daemon's log, if the daemon exits."""
+        _wait_until(ready, timeout, what,
+                    on_timeout=lambda: details() + daemon.log_tail(),
+                    check_alive=lambda: self._raise_if_dead(daemon))
+
+    def _wait_for_command(self, daemon: _Daemon,
+                          probe: Callable[[], subprocess.CompletedProcess],
+                          timeout: float, what: str) -> None:
+        """Poll until the client command `probe` succeeds; on timeout show its last error."""
+        last: subprocess.CompletedProcess | None = None
+
+        def ready() -> bool:
+            nonlocal last
+            last = probe()
+            return last.returncode == 0
+
+        def details() -> str:
+            if last is None:
+                return ""
+            return (f"last probe `{shlex.join(last.args)}` exited {last.returncode}: "
+                    f"{(last.stderr or last.stdout).strip()}\n")
+
+        self._wait_for_daemon(daemon, ready, timeout, what, details)
 
     def _raise_if_dead(self, daemon: _Daemon) -> None:
         code = daemon.process.poll()
@@ -701,6 +735,22 @@ def _wait_until(
             raise SlurmClusterError(f"timed out after {timeout:g} s waiting for {what}\n{details}")
         time.sleep(interval)
         interval = min(interval * 1.5, 1.0)
+
+
+def _ports_for(port_base: int, nodes: int) -> list[int]:
+    return [port_base + MARIADB_PORT_OFFSET, port_base + SLURMCTLD_PORT_OFFSET,
+            port_base + SLURMDBD_PORT_OFFSET,
+            *(port_base + SLURMD_PORT_OFFSET + i for i in range(1, nodes + 1))]
+
+
+def find_free_port_base(nodes: int, first: int = DEFAULT_PORT_BASE, attempts: int = 40) -> int:
+    """First port base from `first` on (step 1000) whose cluster ports are all free."""
+    for port_base in range(first, first + attempts * PORT_BASE_STEP, PORT_BASE_STEP):
+        if port_base + PORT_BASE_STEP > 65535:
+            break
+        if all(_port_is_free(port) for port in _ports_for(port_base, nodes)):
+            return port_base
+    raise SlurmClusterError(f"no free block of ports for a {nodes}-node cluster from {first} on")
 
 
 def _port_is_free(port: int) -> bool:

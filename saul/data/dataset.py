@@ -59,7 +59,7 @@ def read_manifest(path: os.PathLike) -> dict:
                            f"(this code reads version {FORMAT_VERSION})")
     for key, kind in _REQUIRED.items():
         if not isinstance(manifest.get(key), kind):
-            raise DatasetError(f"{file}: key {key!r} missing or not a {kind.__name__}")
+            raise DatasetError(f"{file}: key {key!r} missing or not of type {kind.__name__}")
     if manifest["dtype"] not in _DTYPES:
         raise DatasetError(f"{file}: dtype {manifest['dtype']!r} not one of {sorted(_DTYPES)}")
     if manifest["seq_len"] <= 0:
@@ -107,7 +107,8 @@ class PackedDataset:
         try:
             actual = file.stat().st_size
         except FileNotFoundError:
-            raise DatasetError(f"{file}: shard listed in {self.path / MANIFEST_FILE} is missing") from None
+            raise DatasetError(f"{file}: shard listed in {self.path / MANIFEST_FILE} is "
+                               f"missing") from None
         if actual != expected:
             raise DatasetError(
                 f"{file}: {actual} bytes, expected {expected} ({shard['num_samples']} samples x "
@@ -125,8 +126,9 @@ class PackedDataset:
                 while block := f.read(_HASH_BLOCK):
                     digest.update(block)
             if digest.hexdigest() != shard["sha256"]:
-                raise DatasetError(f"{self.path / shard['file']}: sha256 {digest.hexdigest()} does "
-                                   f"not match the manifest's {shard['sha256']}; the shard is corrupt")
+                raise DatasetError(f"{self.path / shard['file']}: sha256 {digest.hexdigest()} "
+                                   f"does not match the manifest's {shard['sha256']}; the shard "
+                                   f"is corrupt")
 
     # -- access ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -135,8 +137,9 @@ class PackedDataset:
     def _shard_map(self, s: int) -> np.memmap:
         # One memmap per shard, opened on first use: a rank touching few shards maps few files.
         if self._maps[s] is None:
-            self._maps[s] = np.memmap(self.path / self._shards[s]["file"], dtype=self.dtype,
-                                      mode="r", shape=(self._shards[s]["num_samples"], self.seq_len))
+            shard = self._shards[s]
+            self._maps[s] = np.memmap(self.path / shard["file"], dtype=self.dtype, mode="r",
+                                      shape=(shard["num_samples"], self.seq_len))
         return self._maps[s]
 
     def __getitem__(self, index: int) -> np.ndarray:

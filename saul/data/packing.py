@@ -122,7 +122,9 @@ def _token_arrays(documents: Sequence, are_texts: bool, order: np.ndarray, backe
     for start in range(0, len(order), _ENCODE_CHUNK):
         chunk = [documents[i] for i in order[start:start + _ENCODE_CHUNK]]
         if are_texts:
-            id_lists = [enc.ids for enc in backend.encode_batch(chunk, add_special_tokens=False)]
+            # encode_batch_fast skips offset tracking we never use (~1.5x faster, same ids).
+            encoded = backend.encode_batch_fast(chunk, add_special_tokens=False)
+            id_lists = [enc.ids for enc in encoded]
         else:
             id_lists = chunk
         for ids in id_lists:

@@ -113,7 +113,8 @@ def prepare_dataset(cfg_data: Any, seq_len: int, seed: int, out_dir: os.PathLike
         manifest = _build(tmp, inputs, samples_per_shard)
         fsync_dir(tmp)
         try:
-            os.rename(out, old)  # out_dir is briefly absent: readers see "no dataset", not half of one
+            # out_dir is briefly absent: a reader sees "no dataset", never half of one.
+            os.rename(out, old)
         except FileNotFoundError:
             pass
         try:

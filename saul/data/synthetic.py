@@ -71,7 +71,8 @@ _STREETS = ("Main Street", "Market Street", "Broadway", "Elm Avenue", "Park Aven
             "Commerce Drive", "Harbor Boulevard", "Lexington Avenue", "Water Street")
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
            "September", "October", "November", "December")
-_NUM_WORDS = ("one", "two", "three", "five", "ten", "fifteen", "thirty", "sixty", "ninety")
+_SIGNATORY_TITLES = ("Chief Executive Officer", "General Counsel", "President",
+                     "Managing Director", "Chief Financial Officer")
 
 _AGREEMENTS = ("MASTER SERVICES AGREEMENT", "SOFTWARE LICENSE AGREEMENT",
                "ASSET PURCHASE AGREEMENT", "NON-DISCLOSURE AGREEMENT", "SUPPLY AGREEMENT",
@@ -167,8 +168,22 @@ _SECTION_TITLES = ("Definitions", "Scope and applicability", "Duties of the sell
                    "action", "Statute of limitations", "Rulemaking authority", "Severability",
                    "Effective date", "Records to be kept", "Prohibited practices",
                    "Remedies not exclusive", "Registration", "Fees and costs")
-_STATUTE_TERMS = ("Consumer", "Person", "Seller", "Goods", "Record", "Commissioner",
-                  "Department", "Transaction", "Licensee", "Personal information", "Employer")
+_STATUTE_DEFINITIONS = {
+    "Commissioner": "the commissioner of the department or the commissioner’s designee",
+    "Consumer": "an individual who seeks or acquires goods or services for personal, family or "
+                "household purposes",
+    "Department": "the department of commerce of this state",
+    "Employer": "a person who employs one or more individuals in this state",
+    "Goods": "any property that is tangible and movable at the time of the transaction",
+    "Licensee": "a person holding a license issued under this chapter",
+    "Person": "a natural person, corporation, trust, partnership or other legal entity",
+    "Personal information": "information that identifies, relates to or could reasonably be "
+                            "linked with a particular individual",
+    "Record": "information inscribed on a tangible medium or stored in an electronic medium and "
+              "retrievable in perceivable form",
+    "Seller": "a person who sells or offers to sell goods or services to a consumer",
+    "Transaction": "a sale, lease or other disposition of goods or services",
+}
 _STATUTE_RULES = (
     "A person may not engage in an unfair or deceptive act or practice in the conduct of any "
     "trade or commerce",
@@ -257,6 +272,7 @@ _FACTS = (
 )
 _CONNECTIVES = ("Accordingly", "Moreover", "However", "Nevertheless", "In addition",
                 "For these reasons", "Here", "By contrast", "Indeed", "Thus")
+_INQUIRIES = ("fact-intensive", "objective", "context-specific", "holistic")
 _DISPOSITIONS = ("AFFIRMED.", "REVERSED and REMANDED.", "AFFIRMED in part, REVERSED in part, and "
                  "REMANDED.", "VACATED and REMANDED for further proceedings consistent with this "
                  "opinion.")
@@ -413,7 +429,7 @@ def _contract(r: random.Random, long: bool) -> str:
               "Date.", ""]
     for name in (name_a, name_b):
         lines += [name.upper(), "By: ______________________", f"Name: {_person(r)}",
-                  f"Title: {r.choice(('Chief Executive Officer', 'General Counsel', 'President', 'Managing Director'))}", ""]
+                  f"Title: {r.choice(_SIGNATORY_TITLES)}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -430,19 +446,23 @@ def _statute(r: random.Random, long: bool) -> str:
         lines.append(f"§ {number}. {heading}.")
         if k == 0:
             lines.append("In this chapter:")
-            for j, term in enumerate(sorted(r.sample(_STATUTE_TERMS, k=r.randint(3, 6)))):
-                lines.append(f"({j + 1}) {_quote(r, term)} means "
-                             f"{r.choice(('a natural person, corporation, trust, partnership or other legal entity', 'any property that is tangible and movable at the time of the transaction', 'information inscribed on a tangible medium or stored in an electronic medium and retrievable in perceivable form', 'the department of commerce of this state', 'an individual who seeks or acquires goods or services for personal, family or household purposes'))}.")
+            terms = sorted(r.sample(sorted(_STATUTE_DEFINITIONS), k=r.randint(3, 6)))
+            for j, term in enumerate(terms, start=1):
+                lines.append(f"({j}) {_quote(r, term)} means {_STATUTE_DEFINITIONS[term]}.")
         else:
             for sub in range(r.randint(1, 3)):
                 rule = _fill(r, r.choice(_STATUTE_RULES))
-                lines.append(f"({chr(97 + sub)}) {rule}.")
                 if r.random() < 0.35:
-                    for para in range(r.randint(2, 3)):
-                        lines.append(f"    ({para + 1}) {_fill(r, r.choice(_STATUTE_ITEMS))};")
+                    lines.append(f"({chr(97 + sub)}) {rule}, and the notice shall state:")
+                    items = [_fill(r, item) for item in r.sample(_STATUTE_ITEMS, k=r.randint(2, 3))]
+                    lines += [f"    ({k}) {item}{';' if k < len(items) else '.'}"
+                              for k, item in enumerate(items, start=1)]
+                else:
+                    lines.append(f"({chr(97 + sub)}) {rule}.")
         if r.random() < 0.3:
-            lines.append(f"History: Added by Laws {r.randint(1980, 2022)}, ch. {r.randint(1, 400)}, "
-                         f"§ {r.randint(1, 30)}, eff. {_date(r, 1980)}.")
+            enacted = r.randint(1980, 2022)
+            lines.append(f"History: Added by Laws {enacted}, ch. {r.randint(1, 400)}, "
+                         f"§ {r.randint(1, 30)}, eff. {_date(r, enacted, enacted + 1)}.")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -500,7 +520,7 @@ def _opinion(r: random.Random, long: bool) -> str:
                     s = f"See id. at {r.randint(100, 999)}; see also {_case_cite(r)}."
                 else:
                     s = (f"{r.choice(_CONNECTIVES)}, as we explained in {_case_name(r)}, the "
-                         f"inquiry is {r.choice(('fact-intensive', 'objective', 'context-specific'))} "
+                         f"inquiry is {r.choice(_INQUIRIES)} "
                          f"— not a mechanical test. {_case_cite(r, pin=False)} (quoting "
                          f"{_case_cite(r)}).")
                 sentences.append(s)
@@ -519,7 +539,8 @@ def generate_document(index: int, seed: int) -> LegalDocument:
     r = random.Random(f"saul-synthetic-v{GENERATOR_VERSION}:{seed}:{index}")
     kind = r.choices(KINDS, weights=_KIND_WEIGHTS)[0]
     long = r.random() < _LONG_FRACTION
-    return LegalDocument(id=f"synthetic-{seed}-{index:07d}", kind=kind, text=_BUILDERS[kind](r, long))
+    text = _BUILDERS[kind](r, long)
+    return LegalDocument(id=f"synthetic-{seed}-{index:07d}", kind=kind, text=text)
 
 
 def generate_corpus(num_documents: int, seed: int) -> List[LegalDocument]:

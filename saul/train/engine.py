@@ -119,6 +119,8 @@ class Zero3Engine:
         import deepspeed
 
         self.cfg, self.device = cfg, device
+        # DeepSpeed's comm layer wraps the process group we already joined (it must know the world size).
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         t, o = cfg.train, cfg.optim
         world = dist.get_world_size() if dist.is_initialized() else 1
         self.ds_config = {
@@ -141,8 +143,12 @@ class Zero3Engine:
             "steps_per_print": 10 ** 9,
             "wall_clock_breakdown": False,
         }
-        zero_init = deepspeed.zero.Init(config_dict_or_path=self.ds_config, remote_device=None)
-        model, self.describe = build_model(cfg.model, device, cfg.seed, zero3_init=zero_init, init_path=init_path)
+        # With this object alive, transformers builds the model under zero.Init (each rank holds only
+        # its shards from the start) and initialises weights correctly inside it: needed for 8x22B.
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        model, self.describe = build_model(cfg.model, device, cfg.seed, zero3=True, init_path=init_path)
         self.module = model
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, config=self.ds_config, model_parameters=model.parameters(),

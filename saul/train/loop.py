@@ -56,12 +56,12 @@ def _broadcast(obj, rank: int):
     return box[0]
 
 
-def _all_ok(ok: bool) -> bool:
+def _gather(obj) -> list:
     if not dist.is_initialized():
-        return ok
-    t = torch.tensor([0.0 if ok else 1.0], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item() == 0.0
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
@@ -74,11 +74,10 @@ def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
             problem = ckpt.verify_share(path, manifest, info.rank, info.world_size)
         except (ValueError, OSError) as exc:
             manifest, problem = None, str(exc)
-        if _all_ok(problem is None):
+        problems = sorted({p for p in _gather(problem) if p})
+        if not problems:
             return path, manifest
-        if problem:
-            warn(f"skipping checkpoint {path.name}: {problem}")
-        barrier()
+        warn(f"skipping checkpoint {path.name}: {'; '.join(problems)}")
     return None
 
 
@@ -143,8 +142,7 @@ class CausalLMTrainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def _batch(self, ids: np.ndarray) -> torch.Tensor:
-        rows = np.stack([self.dataset[int(i)] for i in ids]).astype(np.int64)
-        return torch.from_numpy(rows).to(self.device)
+        return torch.from_numpy(self.dataset.get_batch(ids)).to(self.device)
 
     def train(self) -> Outcome:
         cfg, t, info = self.cfg, self.cfg.train, self.info

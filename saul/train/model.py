@@ -1,7 +1,6 @@
 """Build the Mixtral model: random init from a preset, or an HF-format directory on local disk."""
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -45,26 +44,28 @@ def mixtral_config(model_cfg, attn_impl: str):
     )
 
 
-def build_model(model_cfg, device: torch.device, seed: int, zero3_init=None, init_path: str = ""):
-    """Same seed -> the same initial weights on every rank (DDP also broadcasts them)."""
+def build_model(model_cfg, device: torch.device, seed: int, zero3: bool = False, init_path: str = ""):
+    """Same seed -> the same initial weights on every rank (DDP also broadcasts them).
+
+    Under ZeRO-3 the caller keeps an HfDeepSpeedConfig alive, so `_from_config`/`from_pretrained`
+    build the model partitioned (zero.Init) and DeepSpeed places it.
+    """
     from transformers import AutoConfig, MixtralForCausalLM
 
     attn, why = choose_attention(model_cfg.attn_implementation, device)
     dtype = DTYPES[model_cfg.dtype]
     path = init_path or model_cfg.path
-    context = zero3_init if zero3_init is not None else contextlib.nullcontext()
     torch.manual_seed(seed)
-    with context:
-        if path:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
-            config.output_router_logits = True
-            config.use_cache = False
-            model = MixtralForCausalLM.from_pretrained(
-                path, config=config, dtype=dtype, attn_implementation=attn, local_files_only=True
-            )
-        else:
-            model = MixtralForCausalLM(mixtral_config(model_cfg, attn)).to(dtype)
+    if path:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config.output_router_logits = True
+        config.use_cache = False
+        model = MixtralForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, attn_implementation=attn, local_files_only=True
+        )
+    else:
+        model = MixtralForCausalLM._from_config(mixtral_config(model_cfg, attn), dtype=dtype)
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     source = f"weights from {Path(path)}" if path else f"random init (seed {seed})"
-    return model.to(device) if zero3_init is None else model, f"attention: {attn} ({why}); {source}"
+    return model if zero3 else model.to(device), f"attention: {attn} ({why}); {source}"

@@ -23,7 +23,8 @@ def test_corpus_has_every_kind_and_legal_structure():
     assert "GOVERNING LAW" in text["contract"] and "means" in text["contract"]
     assert re.search(r"^§ \d+-\d+\. ", text["statute"], re.M)
     assert re.search(r"^TITLE \d+ — ", text["statute"], re.M)
-    assert re.search(r"\d+ (U\.S\.|F\.[234]d|F\.4th|S\. Ct\.|F\. Supp\. [23]d) \d+", text["opinion"])
+    reporter = r"(U\.S\.|F\.[234]d|F\.4th|S\. Ct\.|F\. Supp\. [23]d)"
+    assert re.search(rf"\d+ {reporter} \d+", text["opinion"])
     assert re.search(r"\d+ U\.S\.C\. § \d+", text["opinion"])
     assert " v. " in text["opinion"] and "¶ " in text["opinion"]
 

@@ -51,7 +51,8 @@ def test_auto_tokenizer_loads_the_directory(tokenizer_dir):
 
 def test_training_is_deterministic(corpus, tokenizer_dir, tmp_path):
     again = train_tokenizer(corpus, 500, tmp_path / "again")
-    assert (again / "tokenizer.json").read_bytes() == (tokenizer_dir / "tokenizer.json").read_bytes()
+    trained = (tokenizer_dir / "tokenizer.json").read_bytes()
+    assert (again / "tokenizer.json").read_bytes() == trained
     other = train_tokenizer(corpus[:30], 500, tmp_path / "other")
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer_dir)
 

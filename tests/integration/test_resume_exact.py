@@ -1,0 +1,80 @@
+"""Exact resume: runs interrupted by SIGTERM and by SIGKILL (plus a corrupt newest checkpoint) and
+resumed with the same command see the same samples, the same loss at every step and end with
+bitwise the same weights as an uninterrupted run, for DDP and for ZeRO-3 on 2 CPU processes."""
+import os
+import signal
+
+import pytest
+
+from tests.integration import e2e
+
+STEPS = 40
+
+
+def common(runs, data, run, parallel):
+    return ["stage=cpt", "model=tiny-mixtral", "site=local", f"runs_root={runs}", f"run={run}", f"data.path={data}",
+            "nproc=2", f"parallel={parallel}", f"train.max_steps={STEPS}", "checkpoint.every_steps=8",
+            "checkpoint.keep_last=3", "train.log_every=1", "train.log_sample_ids=true", "optim.lr=1e-3"]
+
+
+def final_weights(runs, run):
+    return (runs / run / "cpt" / "final" / "model.safetensors").read_bytes()
+
+
+def assert_same_training(clean, other):
+    """Every record of `other` (including steps logged twice around a crash) equals the clean run's."""
+    assert sorted(other) == sorted(clean) == list(range(1, STEPS + 1))
+    for step, recs in other.items():
+        want = clean[step][0]
+        for rec in recs:
+            assert rec["sample_ids"] == want["sample_ids"], f"step {step}: different samples"
+            assert rec["loss"] == want["loss"], f"step {step}: loss {rec['loss']} != {want['loss']}"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "zero3"])
+def test_interrupted_and_resumed_runs_match_an_uninterrupted_one(parallel, packed_data, tmp_path):
+    runs = tmp_path / "runs"
+    clean = e2e.submit(*common(runs, packed_data, "clean", parallel))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    clean_steps = e2e.by_step(runs / "clean" / "cpt" / "metrics.jsonl")
+
+    # SIGTERM to the launcher: ranks agree on a stop step, checkpoint, exit 75; the same command resumes.
+    args = common(runs, packed_data, "term", parallel)
+    stage = runs / "term" / "cpt"
+    proc = e2e.start(*args)
+    e2e.wait_for_step(stage / "metrics.jsonl", 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, out
+    stopped_at = max(e2e.by_step(stage / "metrics.jsonl"))
+    assert stopped_at < STEPS and (stage / "checkpoints" / f"step-{stopped_at:08d}").is_dir()
+    resumed = e2e.submit(*args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from step-{stopped_at:08d}" in resumed.stdout
+    assert_same_training(clean_steps, e2e.by_step(stage / "metrics.jsonl"))
+    assert final_weights(runs, "term") == final_weights(runs, "clean")
+
+    # SIGKILL of one rank: the launcher stops the other; then the newest checkpoint is truncated,
+    # so the resume must skip it and replay from the one before.
+    args = common(runs, packed_data, "kill", parallel)
+    stage = runs / "kill" / "cpt"
+    proc = e2e.start(*args)
+    e2e.wait_for_step(stage / "metrics.jsonl", 18, proc)
+    os.kill(e2e.rank_processes(stage)[1].pid, signal.SIGKILL)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode not in (0, 75), out
+    checkpoints = sorted((stage / "checkpoints").glob("step-*"))
+    assert len(checkpoints) >= 2
+    newest, previous = checkpoints[-1], checkpoints[-2]
+    victim = max((p for p in newest.rglob("*") if p.is_file() and p.name != "manifest.json"),
+                 key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as fh:
+        fh.truncate(victim.stat().st_size // 2)
+    resumed = e2e.submit(*args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"skipping checkpoint {newest.name}" in resumed.stdout
+    assert f"resumed from {previous.name}" in resumed.stdout
+    kill_steps = e2e.by_step(stage / "metrics.jsonl")
+    assert any(len(recs) > 1 for recs in kill_steps.values()), "work after the checkpoint must have been redone"
+    assert_same_training(clean_steps, kill_steps)
+    assert final_weights(runs, "kill") == final_weights(runs, "clean")
