@@ -18,7 +18,7 @@ from saul.resilience import ledger
 
 # Keys (or prefixes ending in '.') that may differ between submits of one stage.
 CHANGEABLE = (
-    "dry_run", "nodes", "nproc", "time_limit_min", "site.", "checkpoint.", "train.max_steps",
+    "dry_run", "follow", "nodes", "nproc", "time_limit_min", "site.", "checkpoint.", "train.max_steps",
     "train.stop_after_steps", "train.log_every", "train.log_sample_ids", "train.threads_per_rank", "data.num_workers",
 )
 
@@ -68,7 +68,7 @@ def freeze_or_check(path: Path, cfg, ledger_path: Path) -> str:
             f"run '{cfg.run}' stage {cfg.stage} was started with {key}={old!r}; this submit asks {key}={new!r}{more}: "
             f"resume with the original value, or start a new run with run=<new name>"
         )
-    allowed = [d for d in diffs if d[0] != "dry_run"]
+    allowed = [d for d in diffs if d[0] not in ("dry_run", "follow")]
     if allowed:
         ledger.append(ledger_path, {"event": "config_change", "changes": [[k, o, n] for k, o, n in allowed]})
         write_atomic(path, cfg)

@@ -90,6 +90,43 @@ def launch_local(cfg, rundir: RunDir) -> int:
     return code
 
 
+def submitted_job_ids(rundir: RunDir) -> list:
+    from saul.resilience import ledger
+
+    return [str(r["job_id"]) for r in ledger.read(rundir.ledger) if r.get("event") == "submitted"]
+
+
+def check_slurm_submission(cfg, rundir: RunDir) -> None:
+    """Refuse what would fail later (account, image) or collide (a live job of the same run and stage)."""
+    from jobs import slurm_launcher
+
+    slurm_launcher.account_for(cfg.site)
+    slurm_launcher.image_path(cfg.site)
+    live = slurm_launcher.live_job(submitted_job_ids(rundir))
+    if live:
+        raise ConfigError(
+            f"run '{cfg.run}' stage {cfg.stage} already has live Slurm job {live[0]} ({live[1]}): watch it with "
+            f"`python jobs/status.py run={cfg.run}` or cancel it with `python jobs/cancel.py run={cfg.run}`"
+        )
+
+
+def launch_slurm(cfg, rundir: RunDir) -> int:
+    from jobs import slurm_launcher
+    from jobs.slurm_follow import follow_slurm_job
+    from saul.resilience import ledger
+    from saul.stage_entry import StageTask
+
+    job = slurm_launcher.submit(cfg, rundir, StageTask(str(rundir.root)))
+    ledger.append(rundir.ledger, {"event": "submitted", "job_id": str(job.job_id), "site": cfg.site.name,
+                                  "nodes": cfg.nodes, "nproc": cfg.nproc, "time_limit_min": cfg.time_limit_min})
+    log = rundir.logs / "slurm" / f"{job.job_id}_0_log.out"
+    print(f"submitted Slurm job {job.job_id} ({cfg.nodes} node(s) x {cfg.nproc} ranks) on site {cfg.site.name}")
+    print(f"watch: python jobs/status.py run={cfg.run} --watch    rank 0 log: {log}")
+    if not cfg.follow:
+        return exit_codes.DONE
+    return follow_slurm_job(str(job.job_id), log, rundir)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from jobs.frozen_config import freeze_or_check
@@ -102,14 +139,21 @@ def main(argv=None) -> int:
             print(f"warning: {w}", file=sys.stderr)
         print(describe(cfg, plan, composed.site.reason))
         if cfg.dry_run:
+            if cfg.site.scheduler == "slurm":
+                from jobs.slurm_launcher import render_batch_script
+
+                script, command = render_batch_script(cfg, rundir)
+                print(f"\n# sbatch script\n{script}\n# each rank (one Slurm task per device) runs\n{command}")
             print("\n# resolved config\n" + OmegaConf.to_yaml(cfg), end="")
             return exit_codes.DONE
-        if cfg.site.scheduler != "none":
-            raise ConfigError(f"site '{cfg.site.name}' uses Slurm; submitting to Slurm is not available in this build")
+        if cfg.site.scheduler == "slurm":
+            check_slurm_submission(cfg, rundir)
         print(freeze_or_check(rundir.config, cfg, rundir.ledger))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_codes.CONFIG_ERROR
+    if cfg.site.scheduler == "slurm":
+        return launch_slurm(cfg, rundir)
     return launch_local(cfg, rundir)
 
 

@@ -144,7 +144,7 @@ def _run(args, detection, log: IO[str], stop: "_StopRequest") -> int:
     while True:
         now = time.monotonic()
         fields, check = sampler.sample(now)
-        flush = now - last_flush >= args.flush_every
+        flush = stop.reason is not None or now - last_flush >= args.flush_every
         write("sample", fields, flush=flush and check is None)
         if check is not None:
             write("check", check)
@@ -153,16 +153,11 @@ def _run(args, detection, log: IO[str], stop: "_StopRequest") -> int:
         if stop.reason is None:
             stop.poll(stop_file, args.watch_pid)
         if stop.reason is not None:
-            break
-        # Ticks on a fixed grid (no drift); after a stall, skip to the next future tick.
+            break  # the sample just written carries the energy up to the stop
+        # Ticks on a fixed grid (no drift); after a stall, skip to the next future tick. A stop
+        # during the wait wakes it, and the loop takes one last sample at the stop time.
         tick = max(tick + 1, int((time.monotonic() - start) / args.interval) + 1)
         stop.wait(start + tick * args.interval - time.monotonic())
-        if stop.reason is not None:
-            sampler_fields, check = sampler.sample(time.monotonic())  # the energy up to the stop
-            write("sample", sampler_fields)
-            if check is not None:
-                write("check", check)
-            break
     write("summary", {"stop_reason": stop.reason, **sampler.summary_fields()})
     return 0
 

@@ -41,6 +41,20 @@ class StageTask:
         rundir = RunDir.from_stage_dir(self.stage_dir)
         cfg = OmegaConf.load(rundir.config)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if "SLURM_LOCALID" in os.environ:  # before torch starts the GPU runtime
+            from saul.binding import bind_rank
+
+            bound = bind_rank(cfg.site, int(os.environ["SLURM_LOCALID"]))
+            if bound:
+                print(f"rank {os.environ.get('SLURM_PROCID')} bound to {bound}", flush=True)
+        result = self._run(cfg, rundir)
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and result["exit_code"] != exit_codes.DONE:
+            # submitit turns a return into exit 0; the requeue path after srun needs the real code.
+            sys.stdout.flush()
+            raise SystemExit(result["exit_code"])
+        return result
+
+    def _run(self, cfg, rundir: RunDir) -> dict:
         from saul.data.dataset import DatasetError
 
         try:

@@ -132,7 +132,8 @@ class LocalSlurmCluster:
         clusters, or two test sessions, on one machine do not collide.
         """
         if not 1 <= nodes < PORT_BASE_STEP - SLURMD_PORT_OFFSET:
-            raise ValueError(f"nodes must be between 1 and {PORT_BASE_STEP - SLURMD_PORT_OFFSET - 1}")
+            raise ValueError(
+                f"nodes must be between 1 and {PORT_BASE_STEP - SLURMD_PORT_OFFSET - 1}")
         if port_base is None:
             port_base = find_free_port_base(nodes)
         if cluster_name != cluster_name.lower():
@@ -175,7 +176,7 @@ class LocalSlurmCluster:
     def available(cls) -> tuple[bool, str]:
         """Whether this machine can run the cluster, and if not, the reason why."""
         if not hasattr(os, "geteuid") or os.geteuid() != 0:
-            return False, "the local Slurm cluster must run as root (it starts slurmd/munged/MariaDB)"
+            return False, "the local Slurm cluster must run as root (slurmd, munged, MariaDB)"
         missing = [name for name in REQUIRED_BINARIES if _which(name) is None]
         if missing:
             return False, (
@@ -476,10 +477,13 @@ class LocalSlurmCluster:
             daemon, lambda: self._mariadb(["mariadb-admin", "ping"], check=False),
             60, "MariaDB to accept connections",
         )
-        self._mariadb(["mariadb", "-e",
-                       "CREATE DATABASE IF NOT EXISTS slurm_acct_db; "
-                       f"CREATE USER IF NOT EXISTS 'slurm'@'%' IDENTIFIED BY '{self._db_password}'; "
-                       "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'%';"])
+        # The server listens on 127.0.0.1 only, so 'slurm'@'%' is reachable from here alone.
+        self._mariadb([
+            "mariadb", "-e",
+            "CREATE DATABASE IF NOT EXISTS slurm_acct_db; "
+            f"CREATE USER IF NOT EXISTS 'slurm'@'%' IDENTIFIED BY '{self._db_password}'; "
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'%';",
+        ])
 
     def _mariadb(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
         """Run a MariaDB client as the database root user over the private socket."""
@@ -656,6 +660,8 @@ class LocalSlurmCluster:
                 # Own session: a Ctrl-C aimed at pytest must not kill daemons mid-test;
                 # stop() ends them in order instead.
                 start_new_session=True, user=user, group=group,
+                # Dropping privileges must drop root's supplementary groups too.
+                extra_groups=[] if user is not None else None,
             )
         daemon = _Daemon(name, process, (stdout_log, *extra_logs))
         self._daemons.append(daemon)
@@ -677,6 +683,8 @@ class LocalSlurmCluster:
         def ready() -> bool:
             nonlocal last
             last = probe()
+            if "fatal:" in (last.stderr or ""):  # e.g. a config the client cannot parse
+                raise SlurmClusterError(f"{what}: {details()}{daemon.log_tail()}")
             return last.returncode == 0
 
         def details() -> str:
@@ -691,7 +699,7 @@ class LocalSlurmCluster:
         code = daemon.process.poll()
         if code is not None:
             raise SlurmClusterError(
-                f"{daemon.name} exited with status {code} during start-up\n{daemon.log_tail()}"
+                f"{daemon.name} exited unexpectedly with status {code}\n{daemon.log_tail()}"
             )
 
     def _raise_if_a_daemon_died(self) -> None:

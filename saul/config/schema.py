@@ -148,6 +148,7 @@ class RunConfig:
     parallel: str = "ddp"  # ddp | zero3
     seed: int = 1234
     dry_run: bool = False
+    follow: bool = False  # Slurm sites: stay attached, print rank 0's log, exit with the stage's outcome
     time_limit_min: int = 0  # 0 = the site's limit
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -43,7 +43,8 @@ def port_from_job_id(job_id: str) -> int:
 
 
 def rank_info(environ=os.environ) -> RankInfo:
-    if "SUBMITIT_FOLDER" in environ or "SUBMITIT_LOCAL_JOB_ID" in environ or "SLURM_JOB_ID" in environ:
+    # Only a submitit task reads Slurm's variables: a local run inside an salloc must not.
+    if "SUBMITIT_EXECUTOR" in environ or "SUBMITIT_LOCAL_JOB_ID" in environ:
         import submitit
 
         env = submitit.JobEnvironment()

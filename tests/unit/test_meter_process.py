@@ -70,7 +70,7 @@ def test_meter_end_to_end_on_pm_counters(tmp_path, cray_node):
     # writer's 10 ms update period and whole-joule counter leave ~1% of slack at each end.
     truth = node.node_energy(samples[0]["time"] - writer.t0, samples[-1]["time"] - writer.t0)
     assert summary["energy_j"] == pytest.approx(truth, rel=0.02)
-    assert summary["mean_power_w"] == pytest.approx(summary["energy_j"] / summary["duration_s"], rel=1e-4)
+    assert summary["mean_power_w"] == pytest.approx(summary["energy_j"] / summary["duration_s"], rel=1e-3)
     intervals = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(samples, samples[1:-1])]
     assert max(intervals) < 0.5 and min(intervals) > 0.1  # the 0.2 s grid, not drifting
 

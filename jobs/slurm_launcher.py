@@ -1,0 +1,175 @@
+"""Submit a stage to Slurm with submitit: one task per GPU device, optionally inside Apptainer.
+
+Rank layout: one Slurm task per GPU device (per GCD on MI250X: 8 per node), not one task per
+node running torchrun. Slurm then knows every rank (sacct shows them, --kill-on-bad-exit stops
+the step when one dies, the USR2 ahead of the time limit reaches every rank directly) and no
+second launcher has to be kept alive or configured inside the container.
+
+The batch script (rendered by submitit) does, once per job on the first node: export the site
+environment, compute MASTER_ADDR (the first node's Slurm NodeAddr) and MASTER_PORT (from the
+job id), start one power meter per node, then `srun` the ranks, then hand the outcome to the
+requeue path (saul.resilience.after_job). Torch is never imported here: the login node stays fast.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from saul.config.errors import ConfigError
+from saul.config.sites import REPO_ROOT
+from saul.rundir import RunDir
+
+MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
+
+
+def account_for(site, env=os.environ) -> str:
+    account = site.account or env.get(site.account_env, "")
+    if site.account_required and not account:
+        raise ConfigError(
+            f"site '{site.name}' charges jobs to a project account: set site.account=<project> or export "
+            f"{site.account_env}=<project>"
+        )
+    return account
+
+
+def image_path(site, env=os.environ, must_exist: bool = True) -> str:
+    """The container image with $VARS expanded on the login node; missing -> error now, not in an hour."""
+    image = site.container.image
+    if not image:
+        return ""
+    expanded = os.path.expandvars(image)
+    if "$" in expanded:
+        raise ConfigError(f"site '{site.name}': container image {image} uses an unset variable; export it or set "
+                          f"site.container.image=/path/to/image.sif")
+    if must_exist and not Path(expanded).is_file():
+        raise ConfigError(f"site '{site.name}': container image {expanded} does not exist; build it with "
+                          f"containers/build.sh and copy it there, or set site.container.image=")
+    return expanded
+
+
+def sbatch_extra_parameters(lines) -> Dict[str, object]:
+    """`--constraint=MI250` -> {"constraint": "MI250"}, `--exclusive` -> {"exclusive": True}."""
+    out: Dict[str, object] = {}
+    for line in lines:
+        if not line.startswith("--"):
+            raise ConfigError(f"site.sbatch_extra entry '{line}' must look like --option=value or --flag")
+        key, _, value = line[2:].partition("=")
+        out[key.replace("-", "_")] = value if value else True
+    return out
+
+
+def rank_python(cfg, image: str, rundir: RunDir) -> str:
+    """The interpreter each rank runs: the host's, or the image's through `apptainer exec`."""
+    if not image:
+        return shlex.quote(sys.executable)
+    c = cfg.site.container
+    binds = [str(rundir.runs_root), str(REPO_ROOT), *c.binds]
+    parts = [c.runtime, "exec"] + ([c.gpu_flag] if c.gpu_flag else [])
+    # Binds and image stay double-quoted: `$WORKDIR`-style parts expand on the compute node, not here.
+    parts += ["--bind", '"' + ",".join(binds) + '"', '"' + image + '"', "python"]
+    return " ".join(parts)
+
+
+def setup_lines(cfg, rundir: RunDir) -> List[str]:
+    site = cfg.site
+    lines = [f"module load {m}" for m in site.modules]
+    env = dict(site.env)
+    env.update(site.container.env)
+    env["PYTHONPATH"] = f"{REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"
+    env["SAUL_STAGE_DIR"] = str(rundir.root)
+    for key, value in env.items():
+        lines.append(f'export {key}="{value}"')
+    lines += [
+        # The first node's address as Slurm knows it (a hostname need not resolve on every cluster).
+        'export MASTER_ADDR=$(scontrol show node "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)" '
+        "| sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')",
+        f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))",
+    ]
+    return lines
+
+
+def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ) -> Dict[str, object]:
+    site = cfg.site
+    params: Dict[str, object] = {
+        "job_name": f"saul-{cfg.run}-{cfg.stage}",
+        "nodes": cfg.nodes,
+        "ntasks_per_node": cfg.nproc,
+        "time": cfg.time_limit_min,
+        "signal_delay_s": site.signal_delay_s,
+        "stderr_to_stdout": True,
+        "setup": setup_lines(cfg, rundir),
+        "srun_args": ["--kill-on-bad-exit=1", *site.srun_extra],
+        "additional_parameters": {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)},
+    }
+    if site.partition:
+        params["partition"] = site.partition
+    account = account_for(site, env)
+    if account:
+        params["account"] = account
+    if site.qos:
+        params["qos"] = site.qos
+    if site.exclusive:
+        params["exclusive"] = True
+    if site.gpus_per_node:
+        params["gpus_per_node"] = cfg.nproc
+    if site.cpus_per_node:
+        params["cpus_per_task"] = max(1, site.cpus_per_node // cfg.nproc)
+    return params
+
+
+def make_executor(cfg, rundir: RunDir, env=os.environ, must_exist: bool = True):
+    import submitit
+
+    image = image_path(cfg.site, env, must_exist=must_exist)
+    executor = submitit.SlurmExecutor(folder=rundir.logs / "slurm", max_num_timeout=10 ** 6,
+                                      python=rank_python(cfg, image, rundir))
+    executor.update_parameters(**executor_parameters(cfg, rundir, image, env))
+    return executor
+
+
+def render_batch_script(cfg, rundir: RunDir, env=os.environ) -> Tuple[str, str]:
+    """(sbatch script, per-rank command) exactly as a submit would produce them; nothing is written."""
+    executor = make_executor(cfg, rundir, env, must_exist=False)
+    command = executor._submitit_command_str  # "<python> -u -m submitit.core._submit <folder>"
+    script = executor._make_submission_file_text(command, "UID")
+    return script, command
+
+
+def submit(cfg, rundir: RunDir, task, env=os.environ):
+    """Submit `task` (the pickled StageTask); returns the submitit job."""
+    executor = make_executor(cfg, rundir, env)
+    return executor.submit(task)
+
+
+def live_states() -> Tuple[str, ...]:
+    return ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+            "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED")
+
+
+def job_states(job_ids: List[str]) -> Dict[str, str]:
+    """State of each job per sacct (allocation lines only); empty when sacct is unavailable."""
+    import subprocess
+
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states: Dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job] = state.split()[0] if state else ""
+    return states
+
+
+def live_job(job_ids: List[str]) -> Optional[Tuple[str, str]]:
+    states = job_states(job_ids)
+    for job in job_ids:
+        if states.get(job) in live_states():
+            return job, states[job]
+    return None
