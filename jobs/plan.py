@@ -46,8 +46,13 @@ def device_label(site, local_rank: int) -> str:
 
 
 def make_plan(cfg, rundir: RunDir) -> LaunchPlan:
-    command = ["python", "-m", "saul.stage_entry", str(rundir.root)]
-    launcher = "local processes (jobs/local_launcher.py)" if cfg.site.scheduler == "none" else "submitit SlurmExecutor"
+    if cfg.site.scheduler == "none":
+        command = ["python", "-m", "saul.stage_entry", str(rundir.root)]
+        launcher = "local processes (jobs/local_launcher.py)"
+    else:
+        command = ["<python>", "-u", "-m", "submitit.core._submit", str(rundir.logs / "slurm"),
+                   f"-> saul.stage_entry.StageTask({rundir.root})"]
+        launcher = "submitit SlurmExecutor: one Slurm task per device (srun), see the sbatch script below"
     ranks = [RankPlan(n * cfg.nproc + r, n, r, device_label(cfg.site, r)) for n in range(cfg.nodes) for r in range(cfg.nproc)]
     return LaunchPlan(rundir, cfg.nodes, cfg.nproc, launcher, command, ranks)
 

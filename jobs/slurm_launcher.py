@@ -41,6 +41,8 @@ def image_path(site, env=os.environ, must_exist: bool = True) -> str:
     if not image:
         return ""
     expanded = os.path.expandvars(image)
+    if not must_exist:
+        return expanded
     if "$" in expanded:
         raise ConfigError(f"site '{site.name}': container image {image} uses an unset variable; export it or set "
                           f"site.container.image=/path/to/image.sif")
@@ -91,7 +93,7 @@ def setup_lines(cfg, rundir: RunDir) -> List[str]:
     return lines
 
 
-def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ) -> Dict[str, object]:
+def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict: bool = True) -> Dict[str, object]:
     site = cfg.site
     params: Dict[str, object] = {
         "job_name": f"saul-{cfg.run}-{cfg.stage}",
@@ -106,7 +108,8 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ) -> Dict
     }
     if site.partition:
         params["partition"] = site.partition
-    account = account_for(site, env)
+    account = account_for(site, env) if strict else (site.account or env.get(site.account_env) or
+                                                     (f"${site.account_env}" if site.account_required else ""))
     if account:
         params["account"] = account
     if site.qos:
@@ -120,19 +123,20 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ) -> Dict
     return params
 
 
-def make_executor(cfg, rundir: RunDir, env=os.environ, must_exist: bool = True):
+def make_executor(cfg, rundir: RunDir, env=os.environ, strict: bool = True):
+    """strict=False (dry runs): an unset account or a missing image is shown as is instead of refused."""
     import submitit
 
-    image = image_path(cfg.site, env, must_exist=must_exist)
+    image = image_path(cfg.site, env, must_exist=strict)
     executor = submitit.SlurmExecutor(folder=rundir.logs / "slurm", max_num_timeout=10 ** 6,
                                       python=rank_python(cfg, image, rundir))
-    executor.update_parameters(**executor_parameters(cfg, rundir, image, env))
+    executor.update_parameters(**executor_parameters(cfg, rundir, image, env, strict))
     return executor
 
 
 def render_batch_script(cfg, rundir: RunDir, env=os.environ) -> Tuple[str, str]:
     """(sbatch script, per-rank command) exactly as a submit would produce them; nothing is written."""
-    executor = make_executor(cfg, rundir, env, must_exist=False)
+    executor = make_executor(cfg, rundir, env, strict=False)
     command = executor._submitit_command_str  # "<python> -u -m submitit.core._submit <folder>"
     script = executor._make_submission_file_text(command, "UID")
     return script, command
@@ -149,27 +153,37 @@ def live_states() -> Tuple[str, ...]:
             "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED")
 
 
-def job_states(job_ids: List[str]) -> Dict[str, str]:
-    """State of each job per sacct (allocation lines only); empty when sacct is unavailable."""
+def _run(cmd: List[str]) -> str:
     import subprocess
 
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def job_states(job_ids: List[str]) -> Dict[str, str]:
+    """State of each job: the controller's view (squeue: pending jobs have no sacct row yet), else sacct's."""
     if not job_ids:
         return {}
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
     states: Dict[str, str] = {}
-    for line in out.stdout.splitlines():
+    for line in _run(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)]).splitlines():
         job, _, state = line.partition("|")
         states[job] = state.split()[0] if state else ""
+    for job in job_ids:  # one at a time: squeue refuses the whole list when one id has been purged
+        for line in _run(["squeue", "-h", "-o", "%i|%T", "-j", job]).splitlines():
+            jid, _, state = line.partition("|")
+            if jid == job and state:
+                states[job] = state
     return states
 
 
-def live_job(job_ids: List[str]) -> Optional[Tuple[str, str]]:
-    states = job_states(job_ids)
-    for job in job_ids:
+def live_job(job_ids: List[str], newest: int = 5) -> Optional[Tuple[str, str]]:
+    """The first of the newest `newest` submissions that is still queued or running, with its state."""
+    recent = job_ids[-newest:]
+    states = job_states(recent)
+    for job in recent:
         if states.get(job) in live_states():
             return job, states[job]
     return None

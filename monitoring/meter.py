@@ -40,8 +40,16 @@ class BadInput(Exception):
     """A command-line value that cannot work; printed as one line, exit code 2."""
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the house rule for bad input), still exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"monitoring.meter: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m monitoring.meter", description=__doc__.split("\n")[0])
+    parser = _OneLineParser(prog="python -m monitoring.meter",
+                            description="Meter one node's power and energy into <out>/<node>.jsonl.")
     parser.add_argument("--out", required=True, help="the stage's power/ directory")
     parser.add_argument("--node", default=socket.gethostname().split(".")[0])
     parser.add_argument("--job", default=os.environ.get("SLURM_JOB_ID", "local"))
@@ -52,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sources", default="", help="comma list; default: all, in trust order")
     parser.add_argument("--pm-counters-root", help=f"default {pm_counters.DEFAULT_ROOT}")
     parser.add_argument("--rapl-root", help=f"default {rapl.DEFAULT_ROOT}")
-    parser.add_argument("--gcds-per-package", type=int, help="default: 2 for MI250/MI250X, else 1")
+    parser.add_argument("--gcds-per-package", type=int,
+                        help="GPU dies per package, default 2 for MI250/MI250X else 1; power and "
+                             "energy are taken once per package")
     parser.add_argument("--check-window", type=float, default=CheckConfig.window_s,
                         help="seconds of start-up samples for the counter plausibility check")
     parser.add_argument("--check-factor", type=float, default=CheckConfig.max_factor,
@@ -120,8 +130,8 @@ def _validate(args) -> tuple:
 def _run(args, detection, log: IO[str], stop: "_StopRequest") -> int:
     base = {"node": args.node, "job": str(args.job), "attempt": args.attempt, "source": detection.label}
 
-    def write(kind: str, fields: dict, flush: bool = True) -> None:
-        record = {"kind": kind, "time": round(time.time(), 3), **base, **fields}
+    def write(kind: str, fields: dict, flush: bool = True, when: Optional[float] = None) -> None:
+        record = {"kind": kind, "time": round(when or time.time(), 3), **base, **fields}
         log.write(json.dumps(record, separators=(",", ":")) + "\n")
         if flush:
             log.flush()
@@ -142,10 +152,10 @@ def _run(args, detection, log: IO[str], stop: "_StopRequest") -> int:
     last_flush = start
     tick = 0
     while True:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()  # a sample's time is when it was read
         fields, check = sampler.sample(now)
         flush = stop.reason is not None or now - last_flush >= args.flush_every
-        write("sample", fields, flush=flush and check is None)
+        write("sample", fields, flush=flush and check is None, when=wall)
         if check is not None:
             write("check", check)
         if flush:

@@ -130,7 +130,7 @@ class NodeSampler:
             method = integrator.decide(verdict)
             devices[device] = {
                 "method": method,
-                "verdict": _verdict_word(integrator, verdict),
+                "verdict": _verdict_word(verdict),
                 "reason": verdict.reason if verdict else _unchecked_reason(integrator),
                 "counter_j": round(integrator.counter_j, 3) if integrator.seen_counter else None,
                 "power_j": round(integrator.power_j, 3) if integrator.seen_power else None,
@@ -139,7 +139,7 @@ class NodeSampler:
                 "rejected": sorted(d for d, v in devices.items() if v["verdict"] == "rejected")}
 
 
-def _verdict_word(integrator: DeviceIntegrator, verdict) -> str:
+def _verdict_word(verdict) -> str:
     if verdict is None:
         return "unchecked"
     return {True: "accepted", False: "rejected", None: "inconclusive"}[verdict.accepted]

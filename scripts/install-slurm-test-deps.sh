@@ -16,6 +16,7 @@ PACKAGES=(
   mariadb-server           # database behind slurmdbd (mariadbd, mariadb-install-db)
   mariadb-client           # mariadb / mariadb-admin, used to create the accounting database
   util-linux               # unshare: one UTS (and mount) namespace per slurmd
+  hostname                 # sets each node's hostname inside its namespace
 )
 
 if [[ $(id -u) -ne 0 ]]; then

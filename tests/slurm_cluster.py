@@ -23,6 +23,7 @@ says whether this machine can run the cluster and, if not, why.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import pwd
 import secrets
@@ -128,14 +129,16 @@ class LocalSlurmCluster:
         """Describe the cluster; nothing runs before `start()`.
 
         `port_base=None` picks the first block of free ports from 16800 on in steps of
-        1000 (16806 MariaDB, 16817 slurmctld, 16819 slurmdbd, 16901.. slurmd), so two
-        clusters, or two test sessions, on one machine do not collide.
+        1000 (16806 MariaDB, 16817 slurmctld, 16819 slurmdbd, 16901.. slurmd). A lock
+        file per block, held until `stop()`, keeps two clusters, or two test sessions,
+        on one machine from choosing the same block.
         """
         if not 1 <= nodes < PORT_BASE_STEP - SLURMD_PORT_OFFSET:
             raise ValueError(
                 f"nodes must be between 1 and {PORT_BASE_STEP - SLURMD_PORT_OFFSET - 1}")
+        self._port_lock: int | None = None  # fd holding the port block's lock file
         if port_base is None:
-            port_base = find_free_port_base(nodes)
+            port_base, self._port_lock = _reserve_port_base(nodes)
         if cluster_name != cluster_name.lower():
             raise ValueError("Slurm requires a lower-case ClusterName")
         self.workdir = Path(workdir).resolve()
@@ -348,7 +351,7 @@ class LocalSlurmCluster:
             self._atexit_registered = True
         self._started = True
         try:
-            self._check_ports_free()
+            self._lock_ports()
             self._make_directories()
             self._start_munged()
             self._start_mariadb()
@@ -382,6 +385,9 @@ class LocalSlurmCluster:
                     _kill_namespace(namespace, timeout)
         self._daemons.clear()
         self._node_namespaces.clear()
+        if self._port_lock is not None:
+            os.close(self._port_lock)  # closing the file releases its flock
+            self._port_lock = None
         if self._munge_dir_is_temporary and self.munge_dir is not None:
             shutil.rmtree(self.munge_dir, ignore_errors=True)
             self._munge_dir_is_temporary = False
@@ -396,7 +402,14 @@ class LocalSlurmCluster:
 
     # ------------------------------------------------------------------ start steps
 
-    def _check_ports_free(self) -> None:
+    def _lock_ports(self) -> None:
+        if self._port_lock is None:
+            self._port_lock = _lock_port_block(self.port_base)
+            if self._port_lock is None:
+                raise SlurmClusterError(
+                    f"ports from {self.port_base} are reserved by another LocalSlurmCluster "
+                    "(choose another port_base, or None to pick a free block)"
+                )
         busy = [port for port in _ports_for(self.port_base, self.nodes) if not _port_is_free(port)]
         if busy:
             raise SlurmClusterError(
@@ -751,13 +764,35 @@ def _ports_for(port_base: int, nodes: int) -> list[int]:
             *(port_base + SLURMD_PORT_OFFSET + i for i in range(1, nodes + 1))]
 
 
-def find_free_port_base(nodes: int, first: int = DEFAULT_PORT_BASE, attempts: int = 40) -> int:
-    """First port base from `first` on (step 1000) whose cluster ports are all free."""
+def _lock_port_block(port_base: int) -> int | None:
+    """Take the machine-wide lock of a port block: its fd, or None if someone holds it.
+
+    A port is only seen busy once a daemon binds it, seconds into start(); the lock
+    closes that window between concurrent test sessions. The kernel drops it when the
+    fd is closed or the process dies, so a crashed session leaves nothing to clean.
+    """
+    path = Path(tempfile.gettempdir()) / f"saul-slurm-ports-{port_base}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _reserve_port_base(nodes: int, first: int = DEFAULT_PORT_BASE,
+                       attempts: int = 40) -> tuple[int, int]:
+    """First port block from `first` on (step 1000) that is unlocked and free: (base, lock fd)."""
     for port_base in range(first, first + attempts * PORT_BASE_STEP, PORT_BASE_STEP):
         if port_base + PORT_BASE_STEP > 65535:
             break
+        lock = _lock_port_block(port_base)
+        if lock is None:
+            continue
         if all(_port_is_free(port) for port in _ports_for(port_base, nodes)):
-            return port_base
+            return port_base, lock
+        os.close(lock)
     raise SlurmClusterError(f"no free block of ports for a {nodes}-node cluster from {first} on")
 
 

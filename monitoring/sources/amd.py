@@ -163,11 +163,10 @@ class AmdGpuSource(EnergySource):
         per_package = self.gcds_per_package or (
             2 if any(m in self.model for m in _DUAL_GCD_MODELS) else 1
         )
-        if count % per_package:
-            per_package = 1  # an odd GCD count means a partial view: never merge wrongly
         self._packages = []
         for first in range(0, count, per_package):
-            gcds = list(range(first, first + per_package))
+            # The library lists the two dies of a package next to each other (0-1, 2-3, ...).
+            gcds = list(range(first, min(first + per_package, count)))
             reporting = [g for g in gcds if self._lib.power_w(g) is not None]
             self._packages.append(
                 _Package(f"amdgpu{len(self._packages)}", gcds, reporting[0] if reporting else first)

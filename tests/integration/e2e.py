@@ -15,10 +15,14 @@ REPO = Path(__file__).resolve().parents[2]
 SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
 
 
+def env_extra() -> dict:
+    return {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def env() -> dict:
     e = dict(os.environ)
     e.pop("SAUL_SITE_CONFIGS", None)
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env_extra())
     return e
 
 

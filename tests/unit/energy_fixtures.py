@@ -105,6 +105,7 @@ class PmCountersNode:
 
     The node `energy` counts everything (parts + rest), in integer joules as on real blades;
     `power` is in integer watts. `stuck` freezes the energy counter (a dead counter);
+    `power_scale` makes the node power file disagree with the counter;
     `reset_counters()` bumps `generation` and restarts every counter from 0.
     """
 
@@ -113,6 +114,7 @@ class PmCountersNode:
     rest: Profile = field(default_factory=lambda: Profile.constant(100.0))
     with_timestamp: bool = True
     stuck: bool = False
+    power_scale: float = 1.0  # what the `power` file shows vs the truth (a miscalibrated sensor)
     epoch: float = 1_700_000_000.0
 
     def __post_init__(self) -> None:
@@ -141,7 +143,7 @@ class PmCountersNode:
             self.origin_t = t
         stamp = f" {int((self.epoch + t) * 1e6)} us" if self.with_timestamp else ""
         node_j = self.offset_j + self.node_energy(self.origin_t, t)
-        values = {"energy": (node_j, "J"), "power": (self.node_power(t), "W")}
+        values = {"energy": (node_j, "J"), "power": (self.node_power(t) * self.power_scale, "W")}
         for name, profile in self.parts.items():
             values[f"{name}_energy"] = (self.offset_j / 4 + profile.energy(self.origin_t, t), "J")
             values[f"{name}_power"] = (profile.power(t), "W")

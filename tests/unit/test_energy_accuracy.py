@@ -79,12 +79,10 @@ def test_stuck_counter_is_rejected_and_power_integrated(sysfs_tmp):
 
 
 def test_counter_off_by_more_than_the_factor_is_rejected(sysfs_tmp):
-    # A counter in the wrong unit (kJ read as J would be x1000; here x3) must not be trusted.
-    node = PmCountersNode(sysfs_tmp / "pm", {"accel0": Profile.constant(400.0)})
+    # Counter and power disagree x3 (a wrong unit, a counter covering something else).
+    node = PmCountersNode(sysfs_tmp / "pm", {"accel0": Profile.constant(400.0)}, power_scale=1 / 3)
     node.write(0.0)
     sampler = pm_sampler(node.root, window_s=2.0, max_factor=2.0)
-    real_power = node.node_power
-    node.node_power = lambda t: real_power(t) / 3.0  # the power file reads a third of the truth
     _, check = simulate(sampler, grid(0.0, 10.0, 1.0), [node])
     assert check["devices"]["node"]["verdict"] == "rejected"
     node_check = check["devices"]["node"]
