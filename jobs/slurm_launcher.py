@@ -75,6 +75,39 @@ def rank_python(cfg, image: str, rundir: RunDir) -> str:
     return " ".join(parts)
 
 
+def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
+    """One power meter per node for the whole job, in the background, stopped by a file at teardown."""
+    from jobs.meter_command import meter_args
+
+    if not cfg.energy.enabled:
+        return []
+    args = " ".join(shlex.quote(a) for a in meter_args(cfg, str(rundir.power)))
+    meter = (f'{python} -m monitoring.meter {args} --node "$SLURMD_NODENAME" --job "$SLURM_JOB_ID" '
+             f'--attempt "${{SLURM_RESTART_COUNT:-0}}" --stop-file "$SAUL_METER_STOP"')
+    return [
+        f'export SAUL_METER_STOP="{rundir.power}/.stop-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}"',
+        f"mkdir -p {shlex.quote(str(rundir.power))}",
+        # --overlap: the meter shares the ranks' CPUs instead of holding one back from them.
+        'srun --overlap --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+        f'--kill-on-bad-exit=0 --output={shlex.quote(str(rundir.logs))}/meter-%j-%N.out '
+        f"bash -c {shlex.quote('exec ' + meter)} &",
+        "SAUL_METER_PID=$!",
+    ]
+
+
+def teardown_lines(cfg, rundir: RunDir) -> List[str]:
+    """After srun: stop the meters, then the one requeue path decides (saul.resilience.after_job)."""
+    lines = ["saul_rc=$?  # srun's exit code: must stay the first teardown line"]
+    if cfg.energy.enabled:
+        lines += ['touch "$SAUL_METER_STOP"', "wait $SAUL_METER_PID 2>/dev/null"]
+    lines += [
+        f'export SAUL_FAILURE_BUDGET="{cfg.failure_budget}"',
+        f"python3 -m saul.resilience.after_job {shlex.quote(str(rundir.root))} $saul_rc",
+        "exit $saul_rc",
+    ]
+    return lines
+
+
 def setup_lines(cfg, rundir: RunDir) -> List[str]:
     site = cfg.site
     lines = [f"module load {m}" for m in site.modules]
@@ -102,8 +135,9 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         "time": cfg.time_limit_min,
         "signal_delay_s": site.signal_delay_s,
         "stderr_to_stdout": True,
-        "setup": setup_lines(cfg, rundir),
-        "srun_args": ["--kill-on-bad-exit=1", *site.srun_extra],
+        "setup": setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir)),
+        "teardown": teardown_lines(cfg, rundir),
+        "srun_args": ["--kill-on-bad-exit=1", "--overlap", *site.srun_extra],
         "additional_parameters": {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)},
     }
     if site.partition:

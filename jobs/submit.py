@@ -64,18 +64,45 @@ def prepare_submission(argv):
     return composed, cfg, rundir, warnings
 
 
+def start_local_meter(cfg, rundir: RunDir, job_id: str):
+    """This node's power meter for the local job; a meter that cannot start never stops training."""
+    if not cfg.energy.enabled:
+        return None
+    import socket
+
+    from monitoring.meter import start_node_meter
+    from saul.resilience import ledger
+
+    meter = start_node_meter(
+        rundir.power, socket.gethostname(), job_id, ledger.next_attempt(rundir.ledger), cfg.energy.interval_s,
+        sources=list(cfg.site.energy_sources) or None, pm_counters_root=cfg.energy.pm_counters_root or None,
+        rapl_root=cfg.energy.rapl_root or None,
+    )
+    if meter.poll() is not None:
+        print(f"warning: the power meter did not start (exit {meter.returncode}); see {rundir.power}", file=sys.stderr)
+        return None
+    return meter
+
+
 def launch_local(cfg, rundir: RunDir) -> int:
     from jobs.follow import Follower
     from jobs.local_launcher import LocalJob
 
     job = LocalJob(rundir.root, cfg.nproc, rundir.logs)
+    meter = start_local_meter(cfg, rundir, job.job_id)
     job.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, job.on_user_signal)
     follower = Follower(job.log_path(0), rundir.metrics)
     t0 = time.time()
-    code = job.wait(tick=follower.tick)
-    follower.close()
+    try:
+        code = job.wait(tick=follower.tick)
+    finally:
+        follower.close()
+        if meter is not None:
+            from monitoring.meter import stop_node_meter
+
+            stop_node_meter(meter)
     elapsed = time.time() - t0
     logs = ", ".join(str(job.log_path(r)) for r in range(cfg.nproc))
     if code == exit_codes.DONE:

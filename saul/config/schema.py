@@ -90,6 +90,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class EnergyConfig:
+    """One power meter per node per job (monitoring/meter.py), sources from the site file."""
+
+    enabled: bool = True
+    interval_s: float = 1.0
+    pm_counters_root: str = ""  # default /sys/cray/pm_counters
+    rapl_root: str = ""  # default /sys/class/powercap
+
+
+@dataclass
 class ContainerConfig:
     """Apptainer image every rank runs in; empty image = run on the host Python."""
 
@@ -150,9 +160,11 @@ class RunConfig:
     dry_run: bool = False
     follow: bool = False  # Slurm sites: stay attached, print rank 0's log, exit with the stage's outcome
     time_limit_min: int = 0  # 0 = the site's limit
+    failure_budget: int = 3  # crashes in a row without a new checkpoint before the requeue path gives up
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     site: SiteConfig = field(default_factory=SiteConfig)

@@ -32,11 +32,13 @@ def validate(cfg) -> List[str]:
         raise ConfigError(f"run='{cfg.run}' is not a valid run name: use letters, digits, '.', '_' or '-' (max 100)")
     for key in ("nodes", "nproc", "train.max_steps", "train.micro_batch", "train.grad_accum", "train.seq_len",
                 "train.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "optim.lr",
-                "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min"):
+                "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min", "failure_budget"):
         _positive(cfg, key)
     for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
                 "train.threads_per_rank", "data.num_workers"):
         _positive(cfg, key, allow_zero=True)
+    if cfg.energy.interval_s <= 0:
+        raise ConfigError(f"energy.interval_s={cfg.energy.interval_s} is out of range: it must be > 0")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas={list(cfg.optim.betas)} is out of range: two numbers in [0, 1)")
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:

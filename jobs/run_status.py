@@ -1,0 +1,445 @@
+"""What a run's stages are doing, read from the run directory alone (plus one sacct call).
+
+`jobs/status.py` renders it and `jobs/cancel.py` acts on it. Everything comes from the files of
+the run-directory contract (config.yaml, ledger.jsonl, metrics.jsonl, checkpoints/), because
+Slurm's accounting database is purged at some sites and a local run has no scheduler at all;
+sacct only adds whether a recorded job is still queued or running.
+
+Two steps keep this fast and testable: `load_stage` reads a stage's files (only the tail of
+metrics.jsonl, which grows by a line per logged step for the whole run), `summarize` turns them
+into a `StageStatus` given the Slurm states. Torch-free, like the rest of the login side.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from jobs.slurm_launcher import job_states, live_states
+from saul import exit_codes
+from saul.config.errors import ConfigError, did_you_mean
+from saul.config.schema import STAGES
+from saul.resilience import ledger
+from saul.rundir import RunDir
+from saul.train.checkpoint import list_step_dirs, read_manifest
+
+THROUGHPUT_WINDOW = 10  # step records averaged for tokens/s and step time
+METRICS_TAIL_BYTES = 64 << 10  # first read from the end of metrics.jsonl; doubled until enough records
+METRICS_TAIL_MAX_BYTES = 8 << 20
+# Without a scheduler's word (sacct purged or absent, rank on another host), an open attempt whose
+# files have not changed for this long is taken for dead: longer than any sane checkpoint save.
+STALE_AFTER_S = 30 * 60
+# Slurm states of a job that holds no nodes yet (CONFIGURING: nodes are booting).
+WAITING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING")
+# Events this module understands; anything else is counted by name (failure, ...).
+KNOWN_EVENTS = ("submitted", "attempt_start", "attempt_end", "config_change", "cancelled", "node_excluded")
+
+STATE_RUNNING = "running"
+STATE_PENDING = "pending"
+STATE_STOPPED = "stopped (resumable)"
+STATE_FAILED = "failed"
+STATE_DONE = "done"
+STATE_CANCELLED = "cancelled"
+STATE_NEVER_STARTED = "never started"
+STATE_UNKNOWN = "unknown"  # Slurm job recorded but neither sacct nor the run directory tells its fate
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    state: str  # Slurm's (RUNNING, PENDING, CANCELLED, ...), "UNKNOWN" when sacct does not know it, or "local"
+
+
+@dataclass
+class AttemptSummary:
+    count: int = 0
+    last: Optional[int] = None  # attempt number of the newest attempt
+    job_id: Optional[str] = None
+    host: Optional[str] = None  # rank 0's host
+    pid: Optional[int] = None  # rank 0's pid
+    world_size: Optional[int] = None
+    nodes: Optional[int] = None
+    started_at: Optional[float] = None
+    open: bool = False  # started without an attempt_end: running, or killed before it could write one
+    exit_code: Optional[int] = None  # of the newest attempt that ended
+    reason: Optional[str] = None
+
+
+@dataclass
+class Progress:
+    step: Optional[int] = None
+    max_steps: Optional[int] = None
+    tokens: Optional[int] = None
+    tokens_per_s: Optional[float] = None  # mean of the last THROUGHPUT_WINDOW step records
+    step_time_s: Optional[float] = None  # idem
+    eta_s: Optional[float] = None  # remaining steps x mean step time
+    last_step_at: Optional[float] = None
+
+    @property
+    def fraction(self) -> Optional[float]:
+        if self.step is None or not self.max_steps:
+            return None
+        return min(1.0, self.step / self.max_steps)
+
+
+@dataclass
+class CheckpointSummary:
+    step: int
+    created: float
+    age_s: float
+    save_s: Optional[float] = None  # how long the save took, when metrics.jsonl still holds its record
+
+
+@dataclass
+class StageStatus:
+    run: str
+    stage: str
+    path: str
+    state: str
+    scheduler: str  # "slurm" or "local"
+    site: Optional[str] = None
+    jobs: List[JobStatus] = field(default_factory=list)
+    attempts: AttemptSummary = field(default_factory=AttemptSummary)
+    nodes: Optional[int] = None
+    nproc: Optional[int] = None
+    progress: Progress = field(default_factory=Progress)
+    checkpoint: Optional[CheckpointSummary] = None
+    excluded_nodes: List[str] = field(default_factory=list)
+    config_changes: int = 0
+    other_events: Dict[str, int] = field(default_factory=dict)
+    last_activity: Optional[float] = None  # newest mtime of ledger/metrics
+
+    @property
+    def live_jobs(self) -> List[JobStatus]:
+        return [j for j in self.jobs if j.state in live_states()]
+
+
+@dataclass
+class StageFiles:
+    """Everything `summarize` needs from one stage directory, read once."""
+    rundir: RunDir
+    config: dict
+    records: List[dict]  # ledger.jsonl
+    metrics_tail: List[dict]  # newest records of metrics.jsonl, oldest first
+    checkpoint: Optional[Tuple[int, float]]  # (step, created) of the newest readable checkpoint
+    last_activity: Optional[float]
+    prepared: bool  # stage=prepare only: its dataset manifest exists
+
+
+# ---------------------------------------------------------------- reading the files
+
+def read_config(path: Path) -> dict:
+    """config.yaml as plain data (PyYAML, not OmegaConf: the file is already resolved)."""
+    if not path.is_file():
+        return {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def tail_records(path: Path, want_steps: int = THROUGHPUT_WINDOW) -> List[dict]:
+    """The last JSON records of a JSONL file, enough to hold `want_steps` step records when it has them."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return []
+    span = METRICS_TAIL_BYTES
+    with open(path, "rb") as fh:
+        while True:
+            start = max(0, size - span)
+            fh.seek(start)
+            lines = fh.read(size - start).splitlines()
+            if start > 0:
+                lines = lines[1:]  # the first line is cut by the seek
+            records = []
+            for line in lines:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by a kill mid-write
+            steps = sum(1 for r in records if "step" in r and "event" not in r)
+            if start == 0 or steps >= want_steps or span >= METRICS_TAIL_MAX_BYTES:
+                return records
+            span *= 2
+
+
+def newest_checkpoint(root: Path) -> Optional[Tuple[int, float]]:
+    """(step, creation time) of the newest checkpoint with a readable manifest (files are not hashed: too slow)."""
+    for step, step_dir in list_step_dirs(root):
+        try:
+            manifest = read_manifest(step_dir)
+        except ValueError:
+            continue
+        created = manifest.get("created") or (step_dir / "manifest.json").stat().st_mtime
+        return int(manifest.get("step", step)), float(created)
+    return None
+
+
+def _mtime(path: Path) -> Optional[float]:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def load_stage(stage_dir: os.PathLike) -> StageFiles:
+    rundir = RunDir.from_stage_dir(stage_dir)
+    config = read_config(rundir.config)
+    prepared = False
+    if rundir.stage == "prepare":
+        data_path = (config.get("data") or {}).get("path") or rundir.default_data
+        prepared = (Path(data_path) / "manifest.json").is_file()
+    times = [t for t in (_mtime(rundir.ledger), _mtime(rundir.metrics)) if t is not None]
+    return StageFiles(
+        rundir=rundir, config=config, records=ledger.read(rundir.ledger), metrics_tail=tail_records(rundir.metrics),
+        checkpoint=newest_checkpoint(rundir.checkpoints), last_activity=max(times) if times else None,
+        prepared=prepared,
+    )
+
+
+# ---------------------------------------------------------------- turning them into a status
+
+def scheduler_of(files: StageFiles) -> str:
+    site = files.config.get("site") or {}
+    if site.get("scheduler"):
+        return str(site["scheduler"])
+    return "slurm" if any(r.get("event") == "submitted" for r in files.records) else "local"
+
+
+def job_ids(files: StageFiles) -> List[str]:
+    """Every job that ran or was submitted for the stage, oldest first."""
+    ids: List[str] = []
+    for r in files.records:
+        if r.get("event") in ("submitted", "attempt_start") and r.get("job_id") is not None:
+            job = str(r["job_id"])
+            if job not in ids:
+                ids.append(job)
+    return ids
+
+
+def summarize_attempts(records: Sequence[dict]) -> AttemptSummary:
+    summary = AttemptSummary()
+    for r in records:
+        event = r.get("event")
+        if event == "attempt_start":
+            summary.count += 1
+            summary.last, summary.open = r.get("attempt", summary.count), True
+            summary.job_id = None if r.get("job_id") is None else str(r["job_id"])
+            summary.host, summary.pid = r.get("host"), r.get("pid")
+            summary.world_size, summary.nodes, summary.started_at = r.get("world_size"), r.get("nodes"), r.get("time")
+        elif event == "attempt_end":
+            summary.open = False
+            summary.exit_code, summary.reason = r.get("exit_code"), r.get("reason")
+    return summary
+
+
+def summarize_progress(metrics_tail: Sequence[dict], max_steps: Optional[int],
+                       checkpoint_step: Optional[int], attempt_end_step: Optional[int]) -> Progress:
+    steps = [r for r in metrics_tail if "step" in r and "event" not in r]
+    last = steps[-1] if steps else {}
+    # Throughput of the newest attempt only: a resume on other nodes runs at another speed.
+    newest = [r for r in steps if r.get("attempt") == last.get("attempt")] if steps else []
+    window = newest[-THROUGHPUT_WINDOW:]
+    known_steps = [s for s in (last.get("step"), checkpoint_step, attempt_end_step) if s is not None]
+    progress = Progress(
+        step=max(known_steps) if known_steps else None,
+        max_steps=max_steps if max_steps is not None else last.get("max_steps"),
+        tokens=last.get("tokens"),
+        last_step_at=last.get("time"),
+    )
+    rates = [r["tokens_per_s"] for r in window if isinstance(r.get("tokens_per_s"), (int, float))]
+    times = [r["step_time_s"] for r in window if isinstance(r.get("step_time_s"), (int, float))]
+    if rates:
+        progress.tokens_per_s = sum(rates) / len(rates)
+    if times:
+        progress.step_time_s = sum(times) / len(times)
+    if progress.step_time_s is not None and progress.step is not None and progress.max_steps is not None:
+        progress.eta_s = max(0, progress.max_steps - progress.step) * progress.step_time_s
+    return progress
+
+
+def process_is_rank(pid: Optional[int], stage_dir: Path) -> bool:
+    """Whether `pid` is alive on this host and still a rank of this stage (pids get reused)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    args = [a.decode(errors="replace") for a in cmdline if a]
+    target = stage_dir.resolve()
+    return "saul.stage_entry" in args and any(Path(a).resolve() == target for a in args[1:])
+
+
+def outcome_state(exit_code: Optional[int]) -> str:
+    if exit_code == exit_codes.DONE:
+        return STATE_DONE
+    if exit_code == exit_codes.STOPPED:
+        return STATE_STOPPED
+    return STATE_FAILED
+
+
+def ended_job_state(slurm_state: str) -> str:
+    """A Slurm job that ended before its stage wrote an attempt_end."""
+    return STATE_CANCELLED if slurm_state == "CANCELLED" else STATE_FAILED
+
+
+def stage_state(files: StageFiles, scheduler: str, jobs: Sequence[JobStatus], attempts: AttemptSummary,
+                now: float, host: str) -> str:
+    live = [j for j in jobs if j.state in live_states()]
+    if live:
+        return STATE_PENDING if all(j.state in WAITING_STATES for j in live) else STATE_RUNNING
+    # Otherwise the newest event that says something about the stage's fate decides.
+    decisive = [r for r in files.records if r.get("event") in ("submitted", "attempt_start", "attempt_end", "cancelled")]
+    if not decisive:
+        return STATE_DONE if files.prepared else STATE_NEVER_STARTED
+    last = decisive[-1]
+    event = last["event"]
+    if event == "attempt_end":
+        return outcome_state(last.get("exit_code"))
+    if event == "cancelled":
+        return STATE_CANCELLED
+    recent = files.last_activity is not None and now - files.last_activity < STALE_AFTER_S
+    slurm_state = {j.job_id: j.state for j in jobs}.get(str(last.get("job_id")), "UNKNOWN")
+    if event == "submitted":
+        return STATE_UNKNOWN if slurm_state in ("UNKNOWN", "local") else ended_job_state(slurm_state)
+    # An attempt that started and never ended: alive, or killed before it could say so.
+    if scheduler == "local" and attempts.host == host:
+        return STATE_RUNNING if process_is_rank(attempts.pid, files.rundir.root) else STATE_FAILED
+    if slurm_state not in ("UNKNOWN", "local"):
+        return ended_job_state(slurm_state)
+    return STATE_RUNNING if recent else STATE_FAILED
+
+
+def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Optional[float] = None,
+              host: Optional[str] = None) -> StageStatus:
+    now = time.time() if now is None else now
+    host = socket.gethostname() if host is None else host
+    scheduler = scheduler_of(files)
+    states = slurm_states or {}
+    jobs = [JobStatus(j, "local" if scheduler == "local" else states.get(j, "UNKNOWN")) for j in job_ids(files)]
+    attempts = summarize_attempts(files.records)
+    ends = [r for r in files.records if r.get("event") == "attempt_end"]
+    events = Counter(r.get("event", "?") for r in files.records)
+    submitted = [r for r in files.records if r.get("event") == "submitted"]
+    train = files.config.get("train") or {}
+    site = files.config.get("site") or {}
+    checkpoint = None
+    if files.checkpoint is not None:
+        step, created = files.checkpoint
+        saves = [r for r in files.metrics_tail if r.get("event") == "checkpoint" and r.get("step") == step]
+        checkpoint = CheckpointSummary(step, created, max(0.0, now - created), saves[-1].get("seconds") if saves else None)
+    return StageStatus(
+        run=files.rundir.run, stage=files.rundir.stage, path=str(files.rundir.root),
+        state=stage_state(files, scheduler, jobs, attempts, now, host), scheduler=scheduler,
+        site=site.get("name") or (submitted[-1].get("site") if submitted else None),
+        jobs=jobs, attempts=attempts,
+        nodes=attempts.nodes or (submitted[-1].get("nodes") if submitted else None) or files.config.get("nodes"),
+        nproc=files.config.get("nproc") or (submitted[-1].get("nproc") if submitted else None),
+        progress=summarize_progress(files.metrics_tail, train.get("max_steps"),
+                                    files.checkpoint[0] if files.checkpoint else None,
+                                    ends[-1].get("step_end") if ends else None),
+        checkpoint=checkpoint,
+        excluded_nodes=sorted({str(r["node"]) for r in files.records if r.get("event") == "node_excluded" and r.get("node")}),
+        config_changes=events.get("config_change", 0),
+        other_events={k: v for k, v in sorted(events.items()) if k not in KNOWN_EVENTS},
+        last_activity=files.last_activity,
+    )
+
+
+def stage_status(stage_dir: os.PathLike, slurm_states: Optional[Dict[str, str]] = None,
+                 now: Optional[float] = None) -> StageStatus:
+    """The status of one stage; `slurm_states` maps job id -> sacct state (None: unknown)."""
+    return summarize(load_stage(stage_dir), slurm_states, now)
+
+
+# ---------------------------------------------------------------- finding runs and stages
+
+def is_stage_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "config.yaml").is_file() or (path / "ledger.jsonl").is_file())
+
+
+def stage_order(path: Path) -> Tuple[int, str]:
+    """Pipeline order (prepare, cpt, anneal, ...), then stages this version does not know, by name."""
+    return (STAGES.index(path.name) if path.name in STAGES else len(STAGES), path.name)
+
+
+def find_runs(runs_root: os.PathLike, run: Optional[str] = None) -> Dict[str, List[Path]]:
+    """{run: [stage directories in pipeline order]}; an unknown `run` is a ConfigError with a did-you-mean."""
+    root = Path(runs_root)
+    runs: Dict[str, List[Path]] = {}
+    if root.is_dir():
+        for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            stages = sorted((p for p in run_dir.iterdir() if is_stage_dir(p)), key=stage_order)
+            if stages:
+                runs[run_dir.name] = stages
+    if run is None:
+        return runs
+    if run not in runs:
+        raise ConfigError(f"no run '{run}' under {runs_root}{did_you_mean(run, runs)}")
+    return {run: runs[run]}
+
+
+def select_stages(runs_root: os.PathLike, run: Optional[str] = None, stage: Optional[str] = None) -> List[Path]:
+    stage_dirs = [d for dirs in find_runs(runs_root, run).values() for d in dirs]
+    if stage is None:
+        return stage_dirs
+    chosen = [d for d in stage_dirs if d.name == stage]
+    if not chosen:
+        names = sorted({d.name for d in stage_dirs})
+        where = f"run '{run}'" if run else f"any run under {runs_root}"
+        raise ConfigError(f"no stage '{stage}' in {where}{did_you_mean(stage, names)}; stages: {', '.join(names) or 'none'}")
+    return chosen
+
+
+def collect(stage_dirs: Sequence[Path], query: Callable[[List[str]], Dict[str, str]] = job_states,
+            now: Optional[float] = None) -> List[StageStatus]:
+    """Statuses of the given stages with one sacct call for all their Slurm jobs."""
+    loaded = [load_stage(d) for d in stage_dirs]
+    slurm_ids = [j for f in loaded if scheduler_of(f) == "slurm" for j in job_ids(f)]
+    states = query(slurm_ids) if slurm_ids else {}
+    return [summarize(f, states, now) for f in loaded]
+
+
+# ---------------------------------------------------------------- command-line selection (status, cancel)
+
+def parse_selection(argv: Sequence[str], flags: Dict[str, bool],
+                    keys: Sequence[str] = ("run", "stage", "runs_root")) -> Tuple[Dict[str, str], Dict[str, object]]:
+    """`key=value` settings and `--options`; `flags` maps each option to whether it takes a value
+    (`--interval 5` or `--interval=5`). Bad input is a ConfigError naming what is allowed."""
+    settings: Dict[str, str] = {}
+    options: Dict[str, object] = {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("-"):
+            name, eq, value = arg.partition("=")
+            if name not in flags:
+                raise ConfigError(f"unknown option '{name}'{did_you_mean(name, flags)}; options: {', '.join(flags)}")
+            if not flags[name]:
+                options[name] = True
+                continue
+            if not eq:
+                if not args:
+                    raise ConfigError(f"option {name} needs a value")
+                value = args.pop(0)
+            options[name] = value
+            continue
+        key, eq, value = arg.partition("=")
+        allowed = ", ".join(k + "=" for k in keys)
+        if not eq:
+            raise ConfigError(f"'{arg}' is not key=value; settings: {allowed}")
+        if key not in keys:
+            raise ConfigError(f"unknown setting '{key}'{did_you_mean(key, keys)}; settings: {allowed}")
+        settings[key] = value
+    return settings, options
