@@ -18,7 +18,7 @@ from saul.resilience import ledger
 
 # Keys (or prefixes ending in '.') that may differ between submits of one stage.
 CHANGEABLE = (
-    "dry_run", "follow", "failure_budget", "nodes", "nproc", "time_limit_min", "site.", "checkpoint.", "energy.", "train.max_steps",
+    "dry_run", "follow", "resilience.", "nodes", "nproc", "time_limit_min", "site.", "checkpoint.", "energy.", "train.max_steps",
     "train.stop_after_steps", "train.log_every", "train.log_sample_ids", "train.threads_per_rank", "data.num_workers",
 )
 

@@ -41,8 +41,10 @@ def combine_exit_codes(codes: List[int]) -> int:
 
 
 class LocalJob:
-    def __init__(self, stage_dir: Path, nproc: int, log_dir: Path, extra_env: Optional[dict] = None):
+    def __init__(self, stage_dir: Path, nproc: int, log_dir: Path, extra_env: Optional[dict] = None,
+                 hang_timeout_s: float = 0.0, start_grace_s: float = 1800.0):
         self.stage_dir, self.nproc, self.log_dir = Path(stage_dir), nproc, Path(log_dir)
+        self.hang_timeout_s, self.start_grace_s = hang_timeout_s, start_grace_s
         self.job_id = f"{int(time.time())}{os.getpid() % 1000:03d}"
         self.extra_env = dict(extra_env or {})
         self.procs: List[subprocess.Popen] = []
@@ -83,11 +85,25 @@ class LocalJob:
         else:
             self.signal_all(signal.SIGKILL)
 
+    def _signal_by_name(self, name: str) -> None:
+        self.signal_all(getattr(signal, f"SIG{name}"))
+
     def wait(self, tick: Callable[[], None] = lambda: None, poll_s: float = 0.2) -> int:
+        from saul.resilience import heartbeat
+        from saul.resilience.watchdog import HangDetector, act_on_hang
+
         failed_at: Optional[float] = None
+        detector = HangDetector(self.hang_timeout_s, self.start_grace_s) if self.hang_timeout_s else None
         while True:
             codes = [p.poll() for p in self.procs]
             tick()
+            if detector is not None and failed_at is None:
+                verdict = detector.observe(heartbeat.read(self.stage_dir / "heartbeats"), time.time())
+                if verdict:
+                    sys.stderr.write(f"hang: {verdict}; rank stacks go to the rank logs, then the ranks are killed\n")
+                    act_on_hang(self.stage_dir, self.job_id, verdict, self._signal_by_name)
+                    failed_at = time.time()
+                    continue
             if all(c is not None for c in codes):
                 return combine_exit_codes(codes)
             if failed_at is None and any(c not in (None, 0, exit_codes.STOPPED) for c in codes):

@@ -227,6 +227,16 @@ def job_ids(files: StageFiles) -> List[str]:
     return ids
 
 
+def job_shape(files: StageFiles) -> Tuple[Optional[int], Optional[int]]:
+    """(nodes, ranks per node) of the newest submission or attempt, else of config.yaml."""
+    for r in reversed(files.records):
+        if r.get("event") == "submitted" and r.get("nodes"):
+            return r["nodes"], r.get("nproc")
+        if r.get("event") == "attempt_start" and r.get("nodes") and r.get("world_size"):
+            return r["nodes"], r["world_size"] // r["nodes"]
+    return files.config.get("nodes"), files.config.get("nproc")
+
+
 def summarize_attempts(records: Sequence[dict]) -> AttemptSummary:
     summary = AttemptSummary()
     for r in records:
@@ -334,6 +344,7 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
     submitted = [r for r in files.records if r.get("event") == "submitted"]
     train = files.config.get("train") or {}
     site = files.config.get("site") or {}
+    shape = job_shape(files)
     checkpoint = None
     if files.checkpoint is not None:
         step, created = files.checkpoint
@@ -344,8 +355,7 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
         state=stage_state(files, scheduler, jobs, attempts, now, host), scheduler=scheduler,
         site=site.get("name") or (submitted[-1].get("site") if submitted else None),
         jobs=jobs, attempts=attempts,
-        nodes=attempts.nodes or (submitted[-1].get("nodes") if submitted else None) or files.config.get("nodes"),
-        nproc=files.config.get("nproc") or (submitted[-1].get("nproc") if submitted else None),
+        nodes=shape[0], nproc=shape[1],
         progress=summarize_progress(files.metrics_tail, train.get("max_steps"),
                                     files.checkpoint[0] if files.checkpoint else None,
                                     ends[-1].get("step_end") if ends else None),

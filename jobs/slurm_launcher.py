@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 from saul.config.errors import ConfigError
 from saul.config.sites import REPO_ROOT
+from saul.resilience.node_exclusion import excluded_nodes
 from saul.rundir import RunDir
 
 MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
@@ -95,13 +96,25 @@ def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
     ]
 
 
+def watchdog_lines(cfg, rundir: RunDir) -> List[str]:
+    r = cfg.resilience
+    return [
+        f"python3 -m saul.resilience.watchdog {shlex.quote(str(rundir.root))} --job \"$SLURM_JOB_ID\" "
+        f"--timeout {r.hang_timeout_s:g} --start-grace {r.start_grace_s:g} &",
+        "SAUL_WATCHDOG_PID=$!",
+    ]
+
+
 def teardown_lines(cfg, rundir: RunDir) -> List[str]:
     """After srun: stop the meters, then the one requeue path decides (saul.resilience.after_job)."""
-    lines = ["saul_rc=$?  # srun's exit code: must stay the first teardown line"]
+    lines = ["saul_rc=$?  # srun's exit code: must stay the first teardown line",
+             "kill $SAUL_WATCHDOG_PID 2>/dev/null"]
     if cfg.energy.enabled:
         lines += ['touch "$SAUL_METER_STOP"', "wait $SAUL_METER_PID 2>/dev/null"]
     lines += [
-        f'export SAUL_FAILURE_BUDGET="{cfg.failure_budget}"',
+        # Sites purge their accounting database: keep this job's sacct rows (energy too) in the run directory.
+        f"python3 -m monitoring.accounting capture {shlex.quote(str(rundir.root))} \"$SLURM_JOB_ID\"",
+        f'export SAUL_FAILURE_BUDGET="{cfg.resilience.failure_budget}"',
         f"python3 -m saul.resilience.after_job {shlex.quote(str(rundir.root))} $saul_rc",
         "exit $saul_rc",
     ]
@@ -115,9 +128,12 @@ def setup_lines(cfg, rundir: RunDir) -> List[str]:
     env.update(site.container.env)
     env["PYTHONPATH"] = f"{REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"
     env["SAUL_STAGE_DIR"] = str(rundir.root)
+    env["SAUL_MAX_EXCLUDED_NODES"] = str(cfg.resilience.max_excluded_nodes)
     for key, value in env.items():
         lines.append(f'export {key}="{value}"')
     lines += [
+        # A previous run of this job that Slurm ended (node failure) is accounted and its node excluded.
+        f"python3 -m saul.resilience.before_job {shlex.quote(str(rundir.root))}; [ $? -eq 3 ] && exit 0",
         # The first node's address as Slurm knows it (a hostname need not resolve on every cluster).
         'export MASTER_ADDR=$(scontrol show node "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)" '
         "| sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')",
@@ -135,13 +151,17 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         "time": cfg.time_limit_min,
         "signal_delay_s": site.signal_delay_s,
         "stderr_to_stdout": True,
-        "setup": setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir)),
+        "setup": (setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir))
+                  + watchdog_lines(cfg, rundir)),
         "teardown": teardown_lines(cfg, rundir),
         "srun_args": ["--kill-on-bad-exit=1", "--overlap", *site.srun_extra],
         "additional_parameters": {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)},
     }
     if site.partition:
         params["partition"] = site.partition
+    excluded = excluded_nodes(rundir.ledger, cfg.resilience.max_excluded_nodes)
+    if excluded:
+        params["exclude"] = ",".join(excluded)
     account = account_for(site, env) if strict else (site.account or env.get(site.account_env) or
                                                      (f"${site.account_env}" if site.account_required else ""))
     if account:

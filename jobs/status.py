@@ -15,6 +15,7 @@ Exit codes: 0 shown (also when there are no runs yet); 2 bad input or unknown ru
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -40,6 +41,7 @@ STATE_STYLES = {
     run_status.STATE_FAILED: "bold red", run_status.STATE_DONE: "bold green", run_status.STATE_CANCELLED: "magenta",
     run_status.STATE_NEVER_STARTED: "dim", run_status.STATE_UNKNOWN: "yellow",
 }
+PIPED_WIDTH = 250
 JOBS_SHOWN = 2  # newest jobs listed per stage; older ones are counted
 
 
@@ -80,7 +82,7 @@ def attempts_cell(s: StageStatus) -> str:
         return "-"
     if a.open:
         return f"{a.count} (#{a.last} has not ended)"
-    return f"{a.count} (last: exit {a.exit_code}, {a.reason})"
+    return f"{a.count}, last exit {a.exit_code} ({a.reason})"
 
 
 def nodes_cell(s: StageStatus) -> str:
@@ -124,7 +126,7 @@ def eta_cell(s: StageStatus) -> str:
 def status_table(statuses: List[StageStatus], now: float, with_bars: bool) -> Table:
     table = Table(title=f"runs at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}", title_justify="left")
     for name in ("run", "stage", "state", "jobs", "attempts", "nodes", "step"):
-        table.add_column(name, overflow="fold")
+        table.add_column(name, overflow="fold", no_wrap=name in ("stage", "state", "step"))
     if with_bars:
         table.add_column("progress", width=22)
     for name in ("tok/s", "ETA", "checkpoint", "notes"):
@@ -147,6 +149,14 @@ def as_json(runs_root: str, statuses: List[StageStatus], now: float) -> str:
         record["progress"]["fraction"] = s.progress.fraction
         stages.append(record)
     return json.dumps({"runs_root": runs_root, "time": now, "stages": stages}, indent=1)
+
+
+def make_console() -> Console:
+    """A terminal's own width; piped output (grep, a log file) gets long lines rather than folded cells."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPED_WIDTH)
+    return console
 
 
 def watch(stage_dirs, interval_s: float, console: Console) -> None:
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     if not stage_dirs:
         print(f"no runs under {runs_root} yet: start one with `python jobs/submit.py stage=prepare run=NAME`")
         return exit_codes.DONE
-    console = Console()
+    console = make_console()
     if "--watch" in options:
         try:
             watch(stage_dirs, interval_s, console)

@@ -88,7 +88,8 @@ def launch_local(cfg, rundir: RunDir) -> int:
     from jobs.follow import Follower
     from jobs.local_launcher import LocalJob
 
-    job = LocalJob(rundir.root, cfg.nproc, rundir.logs)
+    job = LocalJob(rundir.root, cfg.nproc, rundir.logs, hang_timeout_s=cfg.resilience.hang_timeout_s,
+                   start_grace_s=cfg.resilience.start_grace_s)
     meter = start_local_meter(cfg, rundir, job.job_id)
     job.start()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,8 +7,10 @@
 Exactly one meter per node and job: the launcher starts one, and an exclusive lock on
 power/<node>.<job>.lock makes a second one exit 0 at once. Records are appended to
 power/<node>.jsonl (schema in monitoring/power_log.py) and flushed every sample by default, so
-a killed job loses at most one interval. SIGTERM, SIGINT, SIGUSR2 (Slurm's pre-timeout signal),
-the stop file appearing or the watched process dying end it with a summary record.
+a killed job loses at most one interval. SIGTERM, SIGINT, the stop file appearing or the watched
+process dying end it with a summary record. SIGUSR2 (Slurm's pre-timeout warning) and SIGUSR1
+(the hang watchdog's stack-dump request) reach every step of a job, the meter's too: it ignores
+both and keeps metering until the job's teardown stops it.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from monitoring.sources import pm_counters, rapl
 SCHEMA_VERSION = 1
 EXIT_BAD_INPUT = 2  # same meaning as saul.exit_codes.CONFIG_ERROR
 EXIT_NO_SOURCE = 1
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class BadInput(Exception):
@@ -182,6 +185,8 @@ class _StopRequest:
     def install(self) -> None:
         for signum in _STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
+        for signum in _IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
     def _on_signal(self, signum, _frame) -> None:
         self.set(signal.Signals(signum).name)

@@ -7,8 +7,10 @@ continues from the newest valid checkpoint.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -41,6 +43,8 @@ class StageTask:
         rundir = RunDir.from_stage_dir(self.stage_dir)
         cfg = OmegaConf.load(rundir.config)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        # SIGUSR1 = "show me where you are": the hang watchdog's request, answered without stopping.
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
         if "SLURM_LOCALID" in os.environ:  # before torch starts the GPU runtime
             from saul.binding import bind_rank
 

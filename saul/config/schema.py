@@ -90,6 +90,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class ResilienceConfig:
+    """What happens when things break (see README: what happens when things break)."""
+
+    failure_budget: int = 3  # crashes in a row without a new checkpoint before the requeue path gives up
+    hang_timeout_s: float = 900.0  # no training progress for this long (checkpoint I/O excluded) = a hang
+    start_grace_s: float = 1800.0  # time allowed from job start to the first heartbeat (imports, loading)
+    max_excluded_nodes: int = 16  # cap, so a run never excludes itself out of the partition
+
+
+@dataclass
 class EnergyConfig:
     """One power meter per node per job (monitoring/meter.py), sources from the site file."""
 
@@ -160,11 +170,11 @@ class RunConfig:
     dry_run: bool = False
     follow: bool = False  # Slurm sites: stay attached, print rank 0's log, exit with the stage's outcome
     time_limit_min: int = 0  # 0 = the site's limit
-    failure_budget: int = 3  # crashes in a row without a new checkpoint before the requeue path gives up
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     site: SiteConfig = field(default_factory=SiteConfig)

@@ -32,7 +32,8 @@ def validate(cfg) -> List[str]:
         raise ConfigError(f"run='{cfg.run}' is not a valid run name: use letters, digits, '.', '_' or '-' (max 100)")
     for key in ("nodes", "nproc", "train.max_steps", "train.micro_batch", "train.grad_accum", "train.seq_len",
                 "train.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "optim.lr",
-                "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min", "failure_budget"):
+                "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min", "resilience.failure_budget",
+                "resilience.hang_timeout_s", "resilience.start_grace_s"):
         _positive(cfg, key)
     for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
                 "train.threads_per_rank", "data.num_workers"):

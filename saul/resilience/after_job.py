@@ -18,6 +18,7 @@ from typing import List, Tuple
 
 from saul import exit_codes
 from saul.resilience import ledger
+from saul.resilience.node_exclusion import excluded_nodes
 from saul.train.checkpoint import list_step_dirs, read_manifest
 
 DEFAULT_BUDGET = 3
@@ -43,9 +44,9 @@ def classify(code: int) -> str:
     return "crash"
 
 
-def decide(code: int, history: List[dict], checkpoint_step: int, budget: int) -> Tuple[str, str]:
+def decide(code: int, history: List[dict], checkpoint_step: int, budget: int, hung: bool = False) -> Tuple[str, str]:
     """(action, why): action is one of done, requeue, stop."""
-    kind = classify(code)
+    kind = "hang" if hung and code != exit_codes.DONE else classify(code)
     if kind == "done":
         return "done", "the stage finished"
     if kind == "stopped":
@@ -54,13 +55,14 @@ def decide(code: int, history: List[dict], checkpoint_step: int, budget: int) ->
         return "stop", f"exit code {code} means the input is wrong; fix it and submit again (no retry)"
     crashes_without_progress = 1
     for record in reversed(history):
-        if record.get("class") != "crash" or record.get("checkpoint_step") != checkpoint_step:
+        if record.get("class") not in ("crash", "hang") or record.get("checkpoint_step") != checkpoint_step:
             break
         crashes_without_progress += 1
     if crashes_without_progress >= budget:
         return "stop", (f"{crashes_without_progress} crashes in a row without a new checkpoint (budget {budget}); "
                         f"see the rank logs, then submit again")
-    return "requeue", f"crash (exit code {code}), {crashes_without_progress}/{budget} of the failure budget used"
+    what = "hang (killed by the watchdog)" if kind == "hang" else f"crash (exit code {code})"
+    return "requeue", f"{what}, {crashes_without_progress}/{budget} of the failure budget used"
 
 
 def main(argv=None) -> int:
@@ -73,14 +75,19 @@ def main(argv=None) -> int:
     budget = int(os.environ.get("SAUL_FAILURE_BUDGET", DEFAULT_BUDGET))
     history = [r for r in ledger.read(stage_dir / "ledger.jsonl") if r.get("event") == "job_end"]
     checkpoint_step = newest_checkpoint_step(stage_dir)
-    action, why = decide(code, history, checkpoint_step, budget)
+    hung = (stage_dir / "heartbeats" / f"hang-{job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}").is_file()
+    action, why = decide(code, history, checkpoint_step, budget, hung)
+    kind = "hang" if hung and code != exit_codes.DONE else classify(code)
     ledger.append(stage_dir / "ledger.jsonl", {
         "event": "job_end", "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
-        "exit_code": code, "class": classify(code), "action": action, "why": why,
+        "exit_code": code, "class": kind, "action": action, "why": why,
         "checkpoint_step": checkpoint_step, "nodelist": os.environ.get("SLURM_JOB_NODELIST", ""),
     })
     print(f"after_job: exit code {code} -> {action}: {why}", flush=True)
     if action == "requeue" and job_id:
+        excluded = excluded_nodes(stage_dir / "ledger.jsonl", int(os.environ.get("SAUL_MAX_EXCLUDED_NODES", "16")))
+        if excluded:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}"], check=False)
         # Requeueing our own running job ends this script; nothing may follow it.
         subprocess.run(["scontrol", "requeue", job_id], check=False)
     return 0 if action != "stop" else code

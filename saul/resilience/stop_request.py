@@ -14,8 +14,9 @@ from typing import Optional
 
 log = logging.getLogger("saul.stop")
 
-# USR2 is what the launchers ask Slurm to send ahead of the time limit (USR1 collides with NCCL).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# USR2 is what the launchers ask Slurm to send ahead of the time limit. USR1 is not a stop
+# request: it asks for a stack dump (the hang watchdog's signal, see stage_entry).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 class StopRequest:

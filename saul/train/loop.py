@@ -20,6 +20,7 @@ import torch.distributed as dist
 from saul import exit_codes
 from saul.data.dataset import PackedDataset, global_batch_ids, rank_slice
 from saul.resilience import ledger
+from saul.resilience.heartbeat import Heartbeat
 from saul.resilience.stop_request import StopRequest
 from saul.rundir import RunDir
 from saul.train import checkpoint as ckpt
@@ -92,6 +93,7 @@ class CausalLMTrainer:
         say(self.engine.describe)
         self.metrics = MetricsWriter(rundir.metrics, enabled=info.is_main)
         self.stop = StopRequest().install()
+        self.heartbeat = Heartbeat(rundir.heartbeats, enabled=info.is_main)
         self.pos = Position()
         self.resumed_from: Optional[str] = None
         self.last_saved_step = -1
@@ -103,6 +105,7 @@ class CausalLMTrainer:
                 "world_size": self.info.world_size}
 
     def resume(self) -> None:
+        self.heartbeat.beat(0, "load")
         found = find_resume_point(self.rundir.checkpoints, self.info, self.say)
         if found is None:
             self.say("no valid checkpoint: starting from step 0")
@@ -118,6 +121,7 @@ class CausalLMTrainer:
         self.say(f"resumed from {path.name} (step {self.pos.step}, {self.pos.samples} samples) in {time.time() - t0:.2f}s")
 
     def save(self) -> float:
+        self.heartbeat.beat(self.pos.step, "save")
         t0 = time.time()
         root, step = self.rundir.checkpoints, self.pos.step
         tmp = Path(_broadcast(str(ckpt.begin_save(root, step)) if self.info.is_main else None, self.info.rank))
@@ -151,6 +155,7 @@ class CausalLMTrainer:
         first_step_at: Optional[float] = None
         t_attempt = time.time()
         while self.pos.step < t.max_steps:
+            self.heartbeat.beat(self.pos.step, "train")
             t0 = time.time()
             ids = global_batch_ids(self.pos.samples, self.global_batch, len(self.dataset), cfg.seed)
             micro_batches = rank_slice(ids, info.rank, info.world_size, t.micro_batch, t.grad_accum)
@@ -200,6 +205,7 @@ class CausalLMTrainer:
                      f"{record['tokens_per_s']:.0f} tok/s {step_time * 1000:.0f} ms/step")
 
     def _finish(self, code, reason, start_step, first_step_at, t_attempt) -> Outcome:
+        self.heartbeat.beat(self.pos.step, "done")
         if self.info.is_main:
             ledger.append(self.rundir.ledger, {
                 "event": "attempt_end", "attempt": self.attempt, "job_id": self.info.job_id, "exit_code": code,

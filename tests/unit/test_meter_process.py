@@ -115,7 +115,7 @@ def test_sigkill_leaves_a_readable_log(tmp_path, cray_node):
     assert entry.mean_power_w == pytest.approx(last_energy / entry.duration_s)
 
 
-@pytest.mark.parametrize("stopper", ["stop_file", "watch_pid", "SIGUSR2", "SIGINT"])
+@pytest.mark.parametrize("stopper", ["stop_file", "watch_pid", "SIGTERM", "SIGINT"])
 def test_meter_stops_cleanly(tmp_path, cray_node, stopper):
     node, _ = cray_node
     out = tmp_path / "power"
@@ -139,7 +139,7 @@ def test_meter_stops_cleanly(tmp_path, cray_node, stopper):
             watched.wait()
     summary = list(read_records(out / "n3.jsonl"))[-1]
     assert summary["kind"] == "summary" and summary["energy_j"] > 0
-    expected = {"stop_file": "stop file", "watch_pid": "watched process", "SIGUSR2": "SIGUSR2",
+    expected = {"stop_file": "stop file", "watch_pid": "watched process", "SIGTERM": "SIGTERM",
                 "SIGINT": "SIGINT"}[stopper]
     assert summary["stop_reason"].startswith(expected)
 
@@ -165,3 +165,20 @@ def test_no_available_source_is_logged_with_reasons(tmp_path):
     start, summary = read_records(tmp_path / "power" / "n5.jsonl")
     assert "energy missing" in start["rejected"]["pm_counters"]
     assert summary["stop_reason"] == "no energy source" and summary["energy_j"] is None
+
+
+def test_meter_keeps_metering_through_slurm_warning_and_dump_signals(tmp_path, cray_node):
+    """USR2 (time limit ahead) and USR1 (stack dump) go to every job step: the meter must outlive both."""
+    node, _ = cray_node
+    out = tmp_path / "power"
+    meter = start_node_meter(out, "n4", "6", 0, 0.2, sources=["pm_counters"], pm_counters_root=node.root)
+    try:
+        wait_for_samples(out / "n4.jsonl", 2)
+        meter.send_signal(signal.SIGUSR2)
+        meter.send_signal(signal.SIGUSR1)
+        before = len(list(read_records(out / "n4.jsonl")))
+        wait_for_samples(out / "n4.jsonl", before + 3)
+        assert meter.poll() is None
+    finally:
+        assert stop_node_meter(meter) == 0
+    assert list(read_records(out / "n4.jsonl"))[-1]["kind"] == "summary"
