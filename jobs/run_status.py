@@ -31,11 +31,14 @@ from saul.rundir import RunDir
 from saul.train.checkpoint import list_step_dirs, read_manifest
 
 THROUGHPUT_WINDOW = 10  # step records averaged for tokens/s and step time
-METRICS_TAIL_BYTES = 64 << 10  # first read from the end of metrics.jsonl; doubled until enough records
+METRICS_TAIL_BYTES = 16 << 10  # first read from the end of metrics.jsonl; doubled until enough records
 METRICS_TAIL_MAX_BYTES = 8 << 20
 # Without a scheduler's word (sacct purged or absent, rank on another host), an open attempt whose
 # files have not changed for this long is taken for dead: longer than any sane checkpoint save.
 STALE_AFTER_S = 30 * 60
+# Newest jobs per stage whose state is asked from Slurm (each costs an RPC to the controller): an
+# older one cannot still be live, since every resubmission follows the previous job's end.
+QUERIED_JOBS = 3
 # Slurm states of a job that holds no nodes yet (CONFIGURING: nodes are booting).
 WAITING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING")
 # Events this module understands; anything else is counted by name (failure, ...).
@@ -54,7 +57,8 @@ STATE_UNKNOWN = "unknown"  # Slurm job recorded but neither sacct nor the run di
 @dataclass
 class JobStatus:
     job_id: str
-    state: str  # Slurm's (RUNNING, PENDING, CANCELLED, ...), "UNKNOWN" when sacct does not know it, or "local"
+    state: str  # Slurm's (RUNNING, PENDING, CANCELLED, ...), "local", or "UNKNOWN": not asked (older than the
+    # newest QUERIED_JOBS) or unknown to Slurm (purged, or no Slurm client here)
 
 
 @dataclass
@@ -309,6 +313,9 @@ def stage_state(files: StageFiles, scheduler: str, jobs: Sequence[JobStatus], at
     live = [j for j in jobs if j.state in live_states()]
     if live:
         return STATE_PENDING if all(j.state in WAITING_STATES for j in live) else STATE_RUNNING
+    local_here = scheduler == "local" and attempts.open and attempts.host == host
+    if local_here and process_is_rank(attempts.pid, files.rundir.root):
+        return STATE_RUNNING  # also after a cancel: the ranks are still checkpointing
     # Otherwise the newest event that says something about the stage's fate decides.
     decisive = [r for r in files.records if r.get("event") in ("submitted", "attempt_start", "attempt_end", "cancelled")]
     if not decisive:
@@ -319,15 +326,17 @@ def stage_state(files: StageFiles, scheduler: str, jobs: Sequence[JobStatus], at
         return outcome_state(last.get("exit_code"))
     if event == "cancelled":
         return STATE_CANCELLED
-    recent = files.last_activity is not None and now - files.last_activity < STALE_AFTER_S
     slurm_state = {j.job_id: j.state for j in jobs}.get(str(last.get("job_id")), "UNKNOWN")
+    known = slurm_state not in ("UNKNOWN", "local")
     if event == "submitted":
-        return STATE_UNKNOWN if slurm_state in ("UNKNOWN", "local") else ended_job_state(slurm_state)
-    # An attempt that started and never ended: alive, or killed before it could say so.
-    if scheduler == "local" and attempts.host == host:
-        return STATE_RUNNING if process_is_rank(attempts.pid, files.rundir.root) else STATE_FAILED
-    if slurm_state not in ("UNKNOWN", "local"):
+        return ended_job_state(slurm_state) if known else STATE_UNKNOWN
+    # An attempt that started and never ended, and is not live: killed before it could say so,
+    # unless nobody here can tell (rank on another host, Slurm has forgotten the job).
+    if local_here:
+        return STATE_FAILED
+    if known:
         return ended_job_state(slurm_state)
+    recent = files.last_activity is not None and now - files.last_activity < STALE_AFTER_S
     return STATE_RUNNING if recent else STATE_FAILED
 
 
@@ -337,7 +346,7 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
     host = socket.gethostname() if host is None else host
     scheduler = scheduler_of(files)
     states = slurm_states or {}
-    jobs = [JobStatus(j, "local" if scheduler == "local" else states.get(j, "UNKNOWN")) for j in job_ids(files)]
+    jobs = [JobStatus(j, "local" if scheduler == "local" else states.get(j) or "UNKNOWN") for j in job_ids(files)]
     attempts = summarize_attempts(files.records)
     ends = [r for r in files.records if r.get("event") == "attempt_end"]
     events = Counter(r.get("event", "?") for r in files.records)
@@ -414,9 +423,9 @@ def select_stages(runs_root: os.PathLike, run: Optional[str] = None, stage: Opti
 
 def collect(stage_dirs: Sequence[Path], query: Callable[[List[str]], Dict[str, str]] = job_states,
             now: Optional[float] = None) -> List[StageStatus]:
-    """Statuses of the given stages with one sacct call for all their Slurm jobs."""
+    """Statuses of the given stages with one Slurm query for all their recent jobs."""
     loaded = [load_stage(d) for d in stage_dirs]
-    slurm_ids = [j for f in loaded if scheduler_of(f) == "slurm" for j in job_ids(f)]
+    slurm_ids = [j for f in loaded if scheduler_of(f) == "slurm" for j in job_ids(f)[-QUERIED_JOBS:]]
     states = query(slurm_ids) if slurm_ids else {}
     return [summarize(f, states, now) for f in loaded]
 

@@ -220,6 +220,28 @@ def test_local_attempt_is_running_while_its_rank_process_lives(tmp_path):
     assert run_status.stage_status(stage, None).state == "failed"
 
 
+def test_a_cancelled_local_stage_runs_until_its_ranks_have_checkpointed(tmp_path):
+    stage = make_stage(tmp_path)
+    rank = fake_rank(stage)
+    try:
+        attempt_start(stage, 1, "77", pid=rank.pid)
+        record(stage, event="cancelled", job_id="77", pid=rank.pid, signal="SIGTERM")
+        assert run_status.stage_status(stage, None).state == "running"
+    finally:
+        rank.kill()
+        rank.wait()
+    attempt_end(stage, 1, "77", 75, step_end=12)
+    assert run_status.stage_status(stage, None).state == "stopped (resumable)"
+
+
+def test_local_attempt_on_another_host_is_judged_by_how_fresh_the_files_are(tmp_path):
+    stage = make_stage(tmp_path)
+    attempt_start(stage, 1, "77", host="other-login-node")
+    fresh = time.time()
+    assert run_status.stage_status(stage, None, now=fresh).state == "running"
+    assert run_status.stage_status(stage, None, now=fresh + run_status.STALE_AFTER_S + 1).state == "failed"
+
+
 def test_a_reused_pid_is_not_taken_for_a_rank(tmp_path):
     stage = make_stage(tmp_path)
     attempt_start(stage, 1, "77", pid=os.getpid())  # alive, but pytest is no rank of this stage
@@ -264,23 +286,26 @@ def test_open_slurm_attempt_without_sacct_is_judged_by_how_fresh_the_files_are(t
     assert run_status.stage_status(stage, {"12": "CANCELLED"}, now=fresh).state == "cancelled"
 
 
-def test_collect_asks_sacct_once_for_the_slurm_jobs_only(tmp_path):
+def test_collect_asks_slurm_once_for_the_recent_slurm_jobs_only(tmp_path):
     slurm_stage = make_stage(tmp_path, run="a", stage="cpt", scheduler="slurm")
     record(slurm_stage, event="submitted", job_id="12", site="lumi", nodes=1, nproc=2, time_limit_min=60)
     record(slurm_stage, event="submitted", job_id="13", site="lumi", nodes=1, nproc=2, time_limit_min=60)
+    record(slurm_stage, event="submitted", job_id="14", site="lumi", nodes=1, nproc=2, time_limit_min=60)
+    record(slurm_stage, event="submitted", job_id="15", site="lumi", nodes=1, nproc=2, time_limit_min=60)
     local_stage = make_stage(tmp_path, run="b", stage="cpt")
     attempt_start(local_stage, 1, "99")
     calls = []
 
     def fake_sacct(ids):
         calls.append(list(ids))
-        return {"12": "CANCELLED", "13": "RUNNING"}
+        return {"13": "CANCELLED", "14": "RUNNING", "15": "PENDING"}
 
     statuses = run_status.collect(run_status.select_stages(tmp_path), query=fake_sacct)
 
-    assert calls == [["12", "13"]]
+    assert calls == [["13", "14", "15"]]  # the newest QUERIED_JOBS of the Slurm stage; none of the local one
     assert [s.state for s in statuses] == ["running", "failed"]
-    assert [j.job_id for j in statuses[0].live_jobs] == ["13"]
+    assert [j.job_id for j in statuses[0].live_jobs] == ["14", "15"]
+    assert statuses[0].jobs[0].state == "UNKNOWN"
 
 
 # ---------------------------------------------------------------- finding runs

@@ -1,0 +1,168 @@
+"""Fault injection on the real local Slurm cluster: break a 2-node tiny CPT mid-training, let the
+toolkit recover on its own, then check the stage completed with the clean run's weights, the data
+order had no gap or repeat, the ledger names the fault, and a failed node is excluded."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from tests.integration import e2e
+
+pytestmark = pytest.mark.slurm
+
+STEPS = 32
+COMMON = ["stage=cpt", "model=tiny-mixtral", f"train.max_steps={STEPS}", "checkpoint.every_steps=8",
+          "checkpoint.keep_last=3", "train.log_every=1", "train.log_sample_ids=true", "train.threads_per_rank=1",
+          "optim.lr=1e-3", "energy.interval_s=0.5"]
+
+
+def args(runs, data, run, *extra):
+    return [*COMMON, f"runs_root={runs}", f"run={run}", f"data.path={data}", *extra]
+
+
+@pytest.fixture(scope="module")
+def clean_run(packed_data, tmp_path_factory):
+    """The reference: the same 2-rank training without faults (local processes, same math)."""
+    runs = tmp_path_factory.mktemp("clean")
+    result = e2e.submit(*args(runs, packed_data, "clean", "site=local", "nproc=2"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    stage = runs / "clean" / "cpt"
+    return e2e.by_step(stage / "metrics.jsonl"), (stage / "final" / "model.safetensors").read_bytes()
+
+
+def submit(cluster, *a):
+    result = subprocess.run([*e2e.SUBMIT, *a, "site=local-slurm", "nodes=2"], env=cluster.client_environ(e2e.env_extra()),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split("submitted Slurm job ")[1].split()[0]
+
+
+def ledger(stage):
+    return e2e.records(stage / "ledger.jsonl")
+
+
+def wait_until_done(stage, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ends = [r for r in ledger(stage) if r["event"] == "job_end"]
+        if ends and ends[-1]["action"] in ("done", "stop"):
+            return ends
+        time.sleep(1)
+    raise AssertionError(f"stage did not finish in {timeout}s; ledger: {ledger(stage)}")
+
+
+def rank_process(stage, rank):
+    folder = str(stage / "logs" / "slurm")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "submitit.core._submit" in cmd and folder in cmd:
+                try:
+                    if proc.environ().get("SLURM_PROCID") == str(rank):
+                        return proc
+                except psutil.NoSuchProcess:
+                    continue
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} process not found")
+
+
+def assert_recovered_exactly(stage, clean_run):
+    clean_steps, clean_weights = clean_run
+    steps = e2e.by_step(stage / "metrics.jsonl")
+    assert sorted(steps) == list(range(1, STEPS + 1))
+    seen = []
+    for step in sorted(steps):
+        for rec in steps[step]:
+            assert rec["sample_ids"] == clean_steps[step][0]["sample_ids"]
+            assert rec["loss"] == clean_steps[step][0]["loss"], f"step {step}"
+        seen.extend(steps[step][-1]["sample_ids"])
+    assert len(seen) == len(set(seen)) or len(seen) > 7000  # no sample twice within the epoch
+    assert (stage / "final" / "model.safetensors").read_bytes() == clean_weights
+
+
+def test_stop_signal_ahead_of_the_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, packed_data, tmp_path,
+                                                                              clean_run):
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "usr2"))
+    stage = runs / "usr2" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 4, _Alive())
+    slurm_cluster.run(["scancel", "--signal=USR2", job])  # what --signal=USR2@delay sends before the limit
+    ends = wait_until_done(stage)
+    assert [e["class"] for e in ends] == ["stopped", "done"]
+    assert ends[0]["action"] == "requeue" and ends[0]["job_id"] == ends[1]["job_id"] == job
+    assert_recovered_exactly(stage, clean_run)
+
+
+def test_a_killed_rank_stops_the_step_and_the_job_resumes(slurm_cluster, packed_data, tmp_path, clean_run):
+    runs = tmp_path / "runs"
+    submit(slurm_cluster, *args(runs, packed_data, "kill"))
+    stage = runs / "kill" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    os.kill(rank_process(stage, 1).pid, signal.SIGKILL)
+    ends = wait_until_done(stage)
+    assert ends[0]["class"] == "crash" and ends[0]["action"] == "requeue"
+    assert ends[-1]["class"] == "done"
+    assert not any(r["event"] == "node_excluded" for r in ledger(stage))  # a crash blames no node
+    assert_recovered_exactly(stage, clean_run)
+
+
+def test_a_hung_rank_is_dumped_killed_and_the_job_resumes(slurm_cluster, packed_data, tmp_path, clean_run):
+    runs = tmp_path / "runs"
+    submit(slurm_cluster, *args(runs, packed_data, "hang", "resilience.hang_timeout_s=10"))
+    stage = runs / "hang" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    os.kill(rank_process(stage, 1).pid, signal.SIGSTOP)
+    ends = wait_until_done(stage)
+    assert ends[0]["class"] == "hang" and ends[-1]["class"] == "done"
+    assert any(r["event"] == "hang" for r in ledger(stage))
+    rank0_log = next((stage / "logs" / "slurm").glob("*_0_log.out")).read_text()
+    assert "Thread 0x" in rank0_log or "Current thread" in rank0_log  # faulthandler's stack dump
+    assert_recovered_exactly(stage, clean_run)
+
+
+def test_a_node_set_down_is_excluded_and_the_run_continues_elsewhere(slurm_cluster, packed_data, tmp_path,
+                                                                       clean_run):
+    runs = tmp_path / "runs"
+    submit(slurm_cluster, *args(runs, packed_data, "down"))
+    stage = runs / "down" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    victim = rank_process(stage, 1).environ()["SLURMD_NODENAME"]
+    slurm_cluster.set_node_state(victim, "down", reason="fault injection")
+    try:
+        ends = wait_until_done(stage, timeout=400)
+    finally:
+        slurm_cluster.set_node_state(victim, "resume")
+    failure = next(e for e in ends if e["class"] == "node_failure")
+    assert failure["blamed_nodes"] == [victim]
+    excluded = [r for r in ledger(stage) if r["event"] == "node_excluded"]
+    assert [r["node"] for r in excluded] == [victim] and "down" in excluded[0]["reason"].lower()
+    assert ends[-1]["class"] == "done" and victim not in ends[-1]["nodelist"]
+    assert_recovered_exactly(stage, clean_run)
+
+
+def test_a_configuration_error_is_not_retried(slurm_cluster, packed_data, tmp_path):
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "bad", "model.init_from_stage=pretrain"))
+    stage = runs / "bad" / "cpt"
+    ends = wait_until_done(stage)
+    assert len(ends) == 1 and ends[0]["class"] == "user_error" and ends[0]["action"] == "stop"
+    rows = slurm_cluster.wait_for_sacct(job, lambda rs: rs and rs[0]["State"] == "FAILED",
+                                        fields=("JobID", "State", "ExitCode"), duplicates=True)
+    assert rows[0]["ExitCode"] == "2:0"
+    assert sum(1 for r in rows if "." not in r["JobID"]) == 1  # ran once: no requeue
+    log = next((stage / "logs" / "slurm").glob("*_0_log.out")).read_text()
+    assert "error: model.init_from_stage=pretrain: no final model" in log
+
+
+class _Alive:
+    """A stand-in for a Popen in e2e.wait_for_step: a Slurm job has no local process to poll."""
+
+    returncode = None
+
+    def poll(self):
+        return None
