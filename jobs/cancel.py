@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stop a run: `python jobs/cancel.py run=NAME [stage=S] [runs_root=DIR]`.
 
-Slurm stages: `scancel` every live job of the run (or of one stage), as sacct reports them, and
+Slurm stages: `scancel` every live job of the run (or of one stage), as Slurm reports them, and
 record a `cancelled` event in the stage's ledger. Slurm sends the ranks SIGTERM first, which
 makes them checkpoint and exit 75 when they can within the cluster's KillWait.
 Local stages: send SIGTERM to rank 0 of the newest attempt when it runs on this host: the
@@ -31,6 +31,7 @@ from saul.resilience import ledger  # noqa: E402
 
 OPTIONS = {"--help": False, "-h": False}
 SCANCEL_FAILED = 1
+ENDING_STATES = ("COMPLETING",)  # live to Slurm but already ending: scancel would refuse them
 
 
 def who() -> dict:
@@ -44,7 +45,7 @@ def who() -> dict:
 
 def cancel_slurm(status: StageStatus) -> List[str]:
     """scancel the stage's live jobs; returns what was done, one line each. Raises RuntimeError if scancel fails."""
-    live = status.live_jobs
+    live = [j for j in status.live_jobs if j.state not in ENDING_STATES]
     if not live:
         return []
     result = subprocess.run(["scancel", *[j.job_id for j in live]], capture_output=True, text=True, timeout=60)
@@ -62,7 +63,7 @@ def cancel_slurm(status: StageStatus) -> List[str]:
 def cancel_local(status: StageStatus) -> List[str]:
     """SIGTERM rank 0 of a live local attempt on this host; returns what was done (or why not)."""
     a = status.attempts
-    if not a.open:
+    if not a.open or status.state != run_status.STATE_RUNNING:
         return []
     if a.host != socket.gethostname():
         return [f"run {status.run} stage {status.stage}: attempt {a.last} runs on host {a.host} (pid {a.pid}); "

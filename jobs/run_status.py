@@ -1,9 +1,10 @@
-"""What a run's stages are doing, read from the run directory alone (plus one sacct call).
+"""What a run's stages are doing, read from the run directory (plus one query of Slurm's job states).
 
 `jobs/status.py` renders it and `jobs/cancel.py` acts on it. Everything comes from the files of
 the run-directory contract (config.yaml, ledger.jsonl, metrics.jsonl, checkpoints/), because
 Slurm's accounting database is purged at some sites and a local run has no scheduler at all;
-sacct only adds whether a recorded job is still queued or running.
+Slurm (jobs.slurm_launcher.job_states: sacct and squeue) only adds whether a recorded job is
+still queued or running, or how it ended.
 
 Two steps keep this fast and testable: `load_stage` reads a stage's files (only the tail of
 metrics.jsonl, which grows by a line per logged step for the whole run), `summarize` turns them
@@ -33,16 +34,20 @@ from saul.train.checkpoint import list_step_dirs, read_manifest
 THROUGHPUT_WINDOW = 10  # step records averaged for tokens/s and step time
 METRICS_TAIL_BYTES = 16 << 10  # first read from the end of metrics.jsonl; doubled until enough records
 METRICS_TAIL_MAX_BYTES = 8 << 20
-# Without a scheduler's word (sacct purged or absent, rank on another host), an open attempt whose
+# Without a scheduler's word (job purged, no Slurm client here, rank on another host), an open attempt whose
 # files have not changed for this long is taken for dead: longer than any sane checkpoint save.
 STALE_AFTER_S = 30 * 60
 # Newest jobs per stage whose state is asked from Slurm (each costs an RPC to the controller): an
-# older one cannot still be live, since every resubmission follows the previous job's end.
-QUERIED_JOBS = 3
+# older one cannot still be live, since every resubmission follows the previous job's end. The same
+# number as submit's live-job check (jobs.slurm_launcher.live_job), so cancel stops what submit refuses over.
+QUERIED_JOBS = 5
 # Slurm states of a job that holds no nodes yet (CONFIGURING: nodes are booting).
 WAITING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING")
 # Events this module understands; anything else is counted by name (failure, ...).
-KNOWN_EVENTS = ("submitted", "attempt_start", "attempt_end", "config_change", "cancelled", "node_excluded")
+KNOWN_EVENTS = ("submitted", "attempt_start", "attempt_end", "config_change", "cancelled", "node_excluded",
+                "node_cleared", "job_end")
+# Of those, the ones that change a stage's fate; the newest decides when no job or rank is live.
+FATE_EVENTS = ("submitted", "attempt_start", "attempt_end", "cancelled")
 
 STATE_RUNNING = "running"
 STATE_PENDING = "pending"
@@ -51,7 +56,7 @@ STATE_FAILED = "failed"
 STATE_DONE = "done"
 STATE_CANCELLED = "cancelled"
 STATE_NEVER_STARTED = "never started"
-STATE_UNKNOWN = "unknown"  # Slurm job recorded but neither sacct nor the run directory tells its fate
+STATE_UNKNOWN = "unknown"  # a Slurm job was submitted, but neither Slurm nor the run directory tells its fate
 
 
 @dataclass
@@ -116,6 +121,7 @@ class StageStatus:
     progress: Progress = field(default_factory=Progress)
     checkpoint: Optional[CheckpointSummary] = None
     excluded_nodes: List[str] = field(default_factory=list)
+    requeue_verdict: Optional[str] = None  # the newest job_end of the requeue path: "<action>: <why>"
     config_changes: int = 0
     other_events: Dict[str, int] = field(default_factory=dict)
     last_activity: Optional[float] = None  # newest mtime of ledger/metrics
@@ -257,6 +263,22 @@ def summarize_attempts(records: Sequence[dict]) -> AttemptSummary:
     return summary
 
 
+def excluded_nodes(records: Sequence[dict]) -> List[str]:
+    """Nodes excluded and not cleared since (saul.resilience.node_exclusion writes both events)."""
+    current: Dict[str, None] = {}
+    for r in records:
+        if r.get("event") == "node_excluded" and r.get("node"):
+            current[str(r["node"])] = None
+        elif r.get("event") == "node_cleared":
+            current.pop(str(r.get("node")), None)
+    return sorted(current)
+
+
+def requeue_verdict(records: Sequence[dict]) -> Optional[str]:
+    ends = [r for r in records if r.get("event") == "job_end" and r.get("action")]
+    return f"{ends[-1]['action']}: {ends[-1].get('why', '')}".rstrip(": ") if ends else None
+
+
 def summarize_progress(metrics_tail: Sequence[dict], max_steps: Optional[int],
                        checkpoint_step: Optional[int], attempt_end_step: Optional[int]) -> Progress:
     steps = [r for r in metrics_tail if "step" in r and "event" not in r]
@@ -317,7 +339,7 @@ def stage_state(files: StageFiles, scheduler: str, jobs: Sequence[JobStatus], at
     if local_here and process_is_rank(attempts.pid, files.rundir.root):
         return STATE_RUNNING  # also after a cancel: the ranks are still checkpointing
     # Otherwise the newest event that says something about the stage's fate decides.
-    decisive = [r for r in files.records if r.get("event") in ("submitted", "attempt_start", "attempt_end", "cancelled")]
+    decisive = [r for r in files.records if r.get("event") in FATE_EVENTS]
     if not decisive:
         return STATE_DONE if files.prepared else STATE_NEVER_STARTED
     last = decisive[-1]
@@ -358,7 +380,8 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
     if files.checkpoint is not None:
         step, created = files.checkpoint
         saves = [r for r in files.metrics_tail if r.get("event") == "checkpoint" and r.get("step") == step]
-        checkpoint = CheckpointSummary(step, created, max(0.0, now - created), saves[-1].get("seconds") if saves else None)
+        save_s = saves[-1].get("seconds") if saves else None
+        checkpoint = CheckpointSummary(step, created, max(0.0, now - created), save_s)
     return StageStatus(
         run=files.rundir.run, stage=files.rundir.stage, path=str(files.rundir.root),
         state=stage_state(files, scheduler, jobs, attempts, now, host), scheduler=scheduler,
@@ -369,7 +392,8 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
                                     files.checkpoint[0] if files.checkpoint else None,
                                     ends[-1].get("step_end") if ends else None),
         checkpoint=checkpoint,
-        excluded_nodes=sorted({str(r["node"]) for r in files.records if r.get("event") == "node_excluded" and r.get("node")}),
+        excluded_nodes=excluded_nodes(files.records),
+        requeue_verdict=requeue_verdict(files.records),
         config_changes=events.get("config_change", 0),
         other_events={k: v for k, v in sorted(events.items()) if k not in KNOWN_EVENTS},
         last_activity=files.last_activity,
@@ -378,7 +402,7 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
 
 def stage_status(stage_dir: os.PathLike, slurm_states: Optional[Dict[str, str]] = None,
                  now: Optional[float] = None) -> StageStatus:
-    """The status of one stage; `slurm_states` maps job id -> sacct state (None: unknown)."""
+    """The status of one stage; `slurm_states` maps job id -> Slurm state (None: not asked)."""
     return summarize(load_stage(stage_dir), slurm_states, now)
 
 
@@ -417,7 +441,8 @@ def select_stages(runs_root: os.PathLike, run: Optional[str] = None, stage: Opti
     if not chosen:
         names = sorted({d.name for d in stage_dirs})
         where = f"run '{run}'" if run else f"any run under {runs_root}"
-        raise ConfigError(f"no stage '{stage}' in {where}{did_you_mean(stage, names)}; stages: {', '.join(names) or 'none'}")
+        raise ConfigError(f"no stage '{stage}' in {where}{did_you_mean(stage, names)}; "
+                          f"stages: {', '.join(names) or 'none'}")
     return chosen
 
 

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from saul.config.errors import ConfigError
 from saul.config.sites import REPO_ROOT
 from saul.resilience.node_exclusion import excluded_nodes
+from saul.resilience.watchdog import RANKS_STEP_NAME
 from saul.rundir import RunDir
 
 MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
@@ -89,7 +90,8 @@ def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
         f'export SAUL_METER_STOP="{rundir.power}/.stop-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}"',
         f"mkdir -p {shlex.quote(str(rundir.power))}",
         # --overlap: the meter shares the ranks' CPUs instead of holding one back from them.
-        'srun --overlap --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+        'srun --overlap --job-name=saul-meter --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" '
+        '--ntasks-per-node=1 '
         f'--kill-on-bad-exit=0 --output={shlex.quote(str(rundir.logs))}/meter-%j-%N.out '
         f"bash -c {shlex.quote('exec ' + meter)} &",
         "SAUL_METER_PID=$!",
@@ -154,7 +156,7 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         "setup": (setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir))
                   + watchdog_lines(cfg, rundir)),
         "teardown": teardown_lines(cfg, rundir),
-        "srun_args": ["--kill-on-bad-exit=1", "--overlap", *site.srun_extra],
+        "srun_args": ["--kill-on-bad-exit=1", "--overlap", f"--job-name={RANKS_STEP_NAME}", *site.srun_extra],
         "additional_parameters": {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)},
     }
     if site.partition:
@@ -225,11 +227,13 @@ def job_states(job_ids: List[str]) -> Dict[str, str]:
     for line in _run(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)]).splitlines():
         job, _, state = line.partition("|")
         states[job] = state.split()[0] if state else ""
-    for job in job_ids:  # one at a time: squeue refuses the whole list when one id has been purged
-        for line in _run(["squeue", "-h", "-o", "%i|%T", "-j", job]).splitlines():
-            jid, _, state = line.partition("|")
-            if jid == job and state:
-                states[job] = state
+    queued = _run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(job_ids)])
+    if not queued and len(job_ids) > 1:  # squeue refuses the whole list when one id has been purged
+        queued = "\n".join(_run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", job]) for job in job_ids)
+    for line in queued.splitlines():
+        jid, _, state = line.partition("|")
+        if jid in job_ids and state:
+            states[jid] = state
     return states
 
 

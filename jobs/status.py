@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Show what runs are doing: `python jobs/status.py [run=NAME] [stage=S] [runs_root=DIR] [--watch] [--interval S] [--json]`.
+"""Show what runs are doing.
+
+    python jobs/status.py [run=NAME] [stage=S] [runs_root=DIR] [--watch] [--interval S] [--json]
 
 One row per run and stage: state (running, pending, stopped (resumable), failed, done, cancelled,
-never started), Slurm jobs and their sacct state, attempts and how the last one ended, nodes,
+never started), Slurm jobs and their state, attempts and how the last one ended, nodes,
 step / max_steps, tokens/s and step time over the last 10 logged steps, ETA (remaining steps x
 mean step time), the newest checkpoint and its age, excluded nodes and other ledger events.
 
   --watch        redraw every --interval seconds (default 5) with a progress bar per stage; Ctrl-C quits
   --json         print the same as JSON (one object: runs_root, time, stages)
 
-Reads only the run directory and sacct (no torch), so it answers in a fraction of a second.
+Reads only the run directory and Slurm's job states (no torch): it answers in a fraction of a second.
 Exit codes: 0 shown (also when there are no runs yet); 2 bad input or unknown run/stage.
 """
 from __future__ import annotations
@@ -114,8 +116,10 @@ def notes_cell(s: StageStatus, now: float) -> str:
     notes += [f"{name} x{count}" for name, count in s.other_events.items()]
     if s.config_changes:
         notes.append(f"config changed x{s.config_changes}")
+    if s.requeue_verdict and s.state in (run_status.STATE_FAILED, run_status.STATE_STOPPED):
+        notes.append(f"requeue path: {s.requeue_verdict}")
     if s.state == run_status.STATE_RUNNING and s.progress.last_step_at:
-        notes.append(f"last step {duration(now - s.progress.last_step_at)} ago")
+        notes.append(f"last step {duration(max(0.0, now - s.progress.last_step_at))} ago")  # clocks of nodes differ
     return "; ".join(notes)
 
 
@@ -159,12 +163,13 @@ def make_console() -> Console:
     return console
 
 
-def watch(stage_dirs, interval_s: float, console: Console) -> None:
+def watch(select, interval_s: float, console: Console) -> None:
+    """Redraw until Ctrl-C; `select()` lists the stages anew each time, so a stage submitted meanwhile shows up."""
     from rich.live import Live
 
     def render():
         now = time.time()
-        return status_table(run_status.collect(stage_dirs, now=now), now, with_bars=True)
+        return status_table(run_status.collect(select(), now=now), now, with_bars=True)
 
     with Live(render(), console=console, auto_refresh=False) as live:
         while True:
@@ -207,7 +212,8 @@ def main(argv=None) -> int:
     console = make_console()
     if "--watch" in options:
         try:
-            watch(stage_dirs, interval_s, console)
+            watch(lambda: run_status.select_stages(runs_root, settings.get("run"), settings.get("stage")),
+                  interval_s, console)
         except KeyboardInterrupt:
             pass
         return exit_codes.DONE

@@ -77,6 +77,10 @@ def main(argv=None) -> int:
     checkpoint_step = newest_checkpoint_step(stage_dir)
     hung = (stage_dir / "heartbeats" / f"hang-{job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}").is_file()
     action, why = decide(code, history, checkpoint_step, budget, hung)
+    cancelled = any(r.get("event") == "cancelled" and str(r.get("job_id")) == job_id
+                    for r in ledger.read(stage_dir / "ledger.jsonl"))
+    if cancelled and action == "requeue":
+        action, why = "stop", "cancelled by the user (jobs/cancel.py): not requeued"
     kind = "hang" if hung and code != exit_codes.DONE else classify(code)
     ledger.append(stage_dir / "ledger.jsonl", {
         "event": "job_end", "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),

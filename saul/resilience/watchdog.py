@@ -77,10 +77,21 @@ def watch(stage_dir: Path, job: str, timeout_s: float, start_grace_s: float, sig
         time.sleep(poll_s)
 
 
+RANKS_STEP_NAME = "saul-ranks"  # the --job-name of the ranks' srun (jobs/slurm_launcher.py)
+
+
+def rank_steps(job: str) -> list:
+    out = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i|%j"], capture_output=True, text=True,
+                         check=False).stdout
+    return [line.split("|")[0] for line in out.splitlines() if line.endswith(f"|{RANKS_STEP_NAME}")]
+
+
 def slurm_signaller(job: str) -> Callable[[str], None]:
     def send(sig: str) -> None:
-        # Without --batch, scancel signals the job's steps (the ranks, the meters), not this script.
-        subprocess.run(["scancel", f"--signal={sig}", job], check=False)
+        # Signal the ranks' step only: a job-wide SIGKILL would also kill this batch script (and the
+        # teardown that must requeue), and the meters must keep running to the end.
+        for step in rank_steps(job) or [job]:
+            subprocess.run(["scancel", f"--signal={sig}", step], check=False)
 
     return send
 

@@ -169,12 +169,17 @@ def test_unknown_events_are_counted_and_excluded_nodes_listed(tmp_path):
     record(stage, event="failure", **{"class": "ecc", "node": "nid002"})
     record(stage, event="node_excluded", node="nid002", reason="ecc")
     record(stage, event="node_excluded", node="nid001", reason="nccl_timeout")
-    record(stage, event="heartbeat_lost")
+    record(stage, event="node_excluded", node="nid003", reason="NODE_FAIL")
+    record(stage, event="node_cleared", node="nid003")
+    record(stage, event="hang", job_id="11", why="no heartbeat for 600s")
+    record(stage, event="job_end", job_id="11", restart_count=0, exit_code=1, action="stop",
+           why="3 crashes in a row without a new checkpoint (budget 3)")
 
     s = run_status.stage_status(stage, {"11": "PENDING"}, now=NOW)
 
-    assert s.other_events == {"failure": 2, "heartbeat_lost": 1}
+    assert s.other_events == {"failure": 2, "hang": 1}
     assert s.excluded_nodes == ["nid001", "nid002"]
+    assert s.requeue_verdict == "stop: 3 crashes in a row without a new checkpoint (budget 3)"
     assert (s.nodes, s.nproc, s.site) == (4, 8, "lumi")  # the newest submission's shape
 
 
@@ -288,10 +293,8 @@ def test_open_slurm_attempt_without_sacct_is_judged_by_how_fresh_the_files_are(t
 
 def test_collect_asks_slurm_once_for_the_recent_slurm_jobs_only(tmp_path):
     slurm_stage = make_stage(tmp_path, run="a", stage="cpt", scheduler="slurm")
-    record(slurm_stage, event="submitted", job_id="12", site="lumi", nodes=1, nproc=2, time_limit_min=60)
-    record(slurm_stage, event="submitted", job_id="13", site="lumi", nodes=1, nproc=2, time_limit_min=60)
-    record(slurm_stage, event="submitted", job_id="14", site="lumi", nodes=1, nproc=2, time_limit_min=60)
-    record(slurm_stage, event="submitted", job_id="15", site="lumi", nodes=1, nproc=2, time_limit_min=60)
+    for job in range(10, 16):
+        record(slurm_stage, event="submitted", job_id=str(job), site="lumi", nodes=1, nproc=2, time_limit_min=60)
     local_stage = make_stage(tmp_path, run="b", stage="cpt")
     attempt_start(local_stage, 1, "99")
     calls = []
@@ -302,7 +305,7 @@ def test_collect_asks_slurm_once_for_the_recent_slurm_jobs_only(tmp_path):
 
     statuses = run_status.collect(run_status.select_stages(tmp_path), query=fake_sacct)
 
-    assert calls == [["13", "14", "15"]]  # the newest QUERIED_JOBS of the Slurm stage; none of the local one
+    assert calls == [["11", "12", "13", "14", "15"]]  # newest QUERIED_JOBS; no local ids
     assert [s.state for s in statuses] == ["running", "failed"]
     assert [j.job_id for j in statuses[0].live_jobs] == ["14", "15"]
     assert statuses[0].jobs[0].state == "UNKNOWN"
