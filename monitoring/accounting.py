@@ -1,6 +1,6 @@
 """Slurm's own accounting of a job, captured into the run directory before the site purges it.
 
-    python3 -m monitoring.accounting capture <stage_dir> <job_id> [--settle-s 10]
+    python3 -m monitoring.accounting capture <stage_dir> <job_id> [--settle-s 5] [--max-s 20]
 
 runs `sacct -j <job_id> -P -n --duplicates -o FIELDS` and writes the rows as JSON to
 <stage_dir>/accounting/<job_id>.json (temp file + rename: a reader never sees half a file).
@@ -34,9 +34,14 @@ from typing import Dict, List, Optional, Sequence
 
 FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "NNodes", "NodeList", "Start", "End",
           "ElapsedRaw", "ConsumedEnergyRaw", "AllocTRES")
-SACCT_TIMEOUT_S = 30.0
-DEFAULT_SETTLE_S = 10.0  # how long to wait for ended steps to reach the database
+# The capture runs before the requeue decision, inside the time the pre-timeout signal leaves:
+# it must never eat that time, whatever the accounting database does.
+MAX_CAPTURE_S = 20.0
+DEFAULT_SETTLE_S = 5.0  # how long to wait for ended steps to reach the database
 EXIT_BAD_INPUT = 2
+# The meter step's name: `srun --job-name=saul-meter` in jobs/slurm_launcher.py; jobs launched
+# before that name existed show the command, `bash -c 'exec python -m monitoring.meter ...'`.
+METER_STEP_NAMES = ("saul-meter", "bash")
 _JOB_ID = re.compile(r"^[0-9]+$")
 _UNSET_TIMES = ("", "Unknown", "None", "N/A")
 
@@ -61,15 +66,12 @@ class SlurmRun:
         return parse_time(self.allocation.get("End")) is not None
 
     def meter_step(self) -> Optional[Dict[str, str]]:
-        """The step that ran our per-node meters.
-
-        The launcher starts them as `srun ... bash -c 'exec python -m monitoring.meter ...'` on
-        every node, so the step is named `bash` and spans all nodes. Its number is not fixed:
-        it races the ranks' srun for step 0.
-        """
+        """The step that ran our per-node meters: found by name over all nodes, because its
+        number is not fixed (the backgrounded meter srun races the ranks' srun for step 0)."""
         nodes = self.allocation.get("NNodes")
         for step in self.steps:
-            if step.get("JobName") == "bash" and step.get("NNodes") == nodes and step_number(step) is not None:
+            if step.get("JobName") in METER_STEP_NAMES and step.get("NNodes") == nodes \
+                    and step_number(step) is not None:
                 return step
         return None
 
@@ -217,7 +219,7 @@ def sacct_command(job_id: str, fields: Sequence[str] = FIELDS) -> List[str]:
     return ["sacct", "-j", str(job_id), "-P", "-n", "--duplicates", "-o", ",".join(fields)]
 
 
-def query(job_id: str, timeout_s: float = SACCT_TIMEOUT_S) -> List[Dict[str, str]]:
+def query(job_id: str, timeout_s: float = MAX_CAPTURE_S) -> List[Dict[str, str]]:
     command = sacct_command(job_id)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
@@ -245,13 +247,18 @@ def _settled(rows: Sequence[Dict[str, str]], job_id: str) -> bool:
 
 
 def capture(stage_dir: os.PathLike, job_id: str, settle_s: float = DEFAULT_SETTLE_S,
-            poll_s: float = 1.0) -> Path:
-    """Query sacct (re-asking for up to settle_s while ended steps reach the DB) and write the JSON."""
-    deadline = time.monotonic() + settle_s
-    rows = query(job_id)
-    while not _settled(rows, job_id) and time.monotonic() + poll_s <= deadline:
+            poll_s: float = 1.0, max_s: float = MAX_CAPTURE_S) -> Path:
+    """Query sacct (re-asking for up to settle_s while ended steps reach the DB) and write the
+    JSON; everything, a hanging sacct included, within max_s."""
+    started = time.monotonic()
+    settle_until = started + min(settle_s, max_s)
+    rows = query(job_id, timeout_s=max_s)
+    while not _settled(rows, job_id) and time.monotonic() + poll_s <= settle_until:
         time.sleep(poll_s)
-        rows = query(job_id)
+        try:
+            rows = query(job_id, timeout_s=max(1.0, started + max_s - time.monotonic()))
+        except AccountingError:
+            break  # keep the rows we have: a late answer must not lose an earlier good one
     document = {
         "schema": 1,
         "job_id": str(job_id),
@@ -274,7 +281,10 @@ def write_atomic(path: Path, document: dict) -> Path:
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:  # not unlink(missing_ok=True): host pythons of HPE Cray OS can be 3.7
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
         raise
     return path
 
@@ -304,20 +314,23 @@ def load_captures(stage_dir: os.PathLike) -> Dict[str, dict]:
 
 
 # --- command line --------------------------------------------------------------------------
-USAGE = "usage: python3 -m monitoring.accounting capture <stage_dir> <job_id> [--settle-s SECONDS]"
+USAGE = ("usage: python3 -m monitoring.accounting capture <stage_dir> <job_id> "
+         "[--settle-s SECONDS] [--max-s SECONDS]")
+_OPTIONS = {"--settle-s": DEFAULT_SETTLE_S, "--max-s": MAX_CAPTURE_S}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    settle_s = DEFAULT_SETTLE_S
-    if "--settle-s" in args:
-        at = args.index("--settle-s")
-        try:
-            settle_s = float(args[at + 1])
-        except (IndexError, ValueError):
-            print(f"monitoring.accounting: --settle-s needs a number of seconds; {USAGE}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        del args[at:at + 2]
+    options = dict(_OPTIONS)
+    for name in _OPTIONS:
+        if name in args:
+            at = args.index(name)
+            try:
+                options[name] = float(args[at + 1])
+            except (IndexError, ValueError):
+                print(f"monitoring.accounting: {name} needs a number of seconds; {USAGE}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            del args[at:at + 2]
     if len(args) != 3 or args[0] != "capture":
         print(f"monitoring.accounting: {USAGE}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -326,7 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"monitoring.accounting: job id must be a number, got {job_id!r}; {USAGE}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        path = capture(stage_dir, job_id, settle_s)
+        path = capture(stage_dir, job_id, options["--settle-s"], max_s=options["--max-s"])
     except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the job must not fail here
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"monitoring.accounting: job {job_id}: accounting not captured: {reason}", file=sys.stderr)

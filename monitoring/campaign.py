@@ -25,7 +25,6 @@ that recovery.
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -38,9 +37,10 @@ from monitoring import accounting
 from monitoring.power_log import MeterRun, load_power_dir
 from saul import exit_codes
 from saul.resilience import ledger
+from saul.train.metrics import read_metrics  # torch-free, like everything here
 
 # Attempts whose work after the last checkpoint is redone by the next one.
-LOSSY_CLASSES = ("crash", "node_failure", "killed", "timeout", "cancelled", "user_error")
+LOSSY_CLASSES = ("crash", "hang", "node_failure", "killed", "timeout", "cancelled", "user_error")
 RUNNING_GRACE_S = 600.0  # an open attempt whose meters wrote this recently is still running
 _MATCH_SLACK_S = 60.0  # clock skew between the batch node, the rank-0 node and the meters
 _NOT_STAGES = ("data", "reports")
@@ -80,7 +80,7 @@ class AttemptRow:
     slurm_rel_diff: Optional[float] = None  # (ours - Slurm) / Slurm, like with like only
     tokens: Optional[int] = None  # trained in this attempt
     tokens_kept: Optional[int] = None  # of those, the ones a checkpoint kept
-    failure_class: str = ""  # done | stopped | crash | node_failure | killed | timeout | ...
+    failure_class: str = ""  # done | stopped | crash | hang | node_failure | killed | timeout | ...
     exit_code: Optional[int] = None
     slurm_state: str = ""
     lost_s: float = 0.0  # wall time of work redone because of this failure
@@ -102,6 +102,8 @@ class AttemptRow:
 
 @dataclass
 class Campaign:
+    """The attempts of a stage, a run or a whole campaign, in start order, with reading notes."""
+
     rows: List[AttemptRow]
     notes: List[str]
     scope: str
@@ -124,35 +126,20 @@ class _Attempt:
         """(start, end): the meters' span when any node was metered (the figure the energy is
         for), else Slurm's allocation times, else the ledger's."""
         runs = [r for node_runs in self.meters.values() for r in node_runs]
-        starts = [r.start_time for r in runs if r.start_time is not None]
-        ends = [r.end_time for r in runs if r.end_time is not None]
-        if not starts and self.slurm is not None:
-            starts = [accounting.parse_time(self.slurm.allocation.get("Start"))]
-            ends = [accounting.parse_time(self.slurm.allocation.get("End"))]
-        if not starts and self.start_record:
-            starts = [self.start_record.get("time")]
-        if not ends:
-            ends = [r.get("time") for r in (self.end_record, self.job_end) if r]
-        starts = [s for s in starts if s is not None]
-        ends = [e for e in ends if e is not None]
+        alloc = self.slurm.allocation if self.slurm is not None else {}
+        ledger_ends = [r.get("time") for r in (self.end_record, self.job_end) if r]
+        starts = _known([r.start_time for r in runs]) or _known([accounting.parse_time(alloc.get("Start"))]) \
+            or _known([(self.start_record or {}).get("time")])
+        ends = _known([r.end_time for r in runs]) or _known([accounting.parse_time(alloc.get("End"))]) \
+            or _known(ledger_ends)
         return (min(starts) if starts else None, max(ends) if ends else None)
 
 
+def _known(values: Sequence[Optional[float]]) -> List[float]:
+    return [v for v in values if v is not None]
+
+
 # --- reading a stage -------------------------------------------------------------------------
-def read_jsonl(path: Path) -> List[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def read_site(stage_dir: Path) -> dict:
     """{'name', 'gpus_per_node', 'country_iso_code'} from config.yaml; defaults when absent."""
     site = {}
@@ -197,16 +184,19 @@ def _gather(stage_dir: Path, notes: List[str]) -> Dict[Tuple[str, int], _Attempt
 def _attach_ledger_attempts(attempts: Dict[Tuple[str, int], _Attempt], records: List[dict]) -> None:
     """Pair attempt_start/attempt_end by attempt number and give each pair to its job attempt:
     the one of the same job whose window holds the start (nearest within the slack), else the
-    first one with no window at all, else a new one (the meters were off)."""
+    first one with no known start, else a new one (no meter, no capture, no job_end)."""
     ends = {r.get("attempt"): r for r in records if r.get("event") == "attempt_end"}
     windows = {key: a.window() for key, a in attempts.items()}
     for start in (r for r in records if r.get("event") == "attempt_start"):
         job_id, when = str(start.get("job_id")), start.get("time") or 0.0
         free = sorted((k for k in attempts if k[0] == job_id and attempts[k].start_record is None),
                       key=lambda k: k[1])
-        near = sorted((_distance(windows[k], when), k[1], k) for k in free if windows.get(k, (None, None))[0] is not None)
+        spans = {k: windows.get(k, (None, None)) for k in free}
+        near = sorted((_distance(spans[k], when), k[1], k) for k in free if spans[k][0] is not None)
         near = [k for d, _, k in near if d <= _MATCH_SLACK_S]
-        unplaced = [k for k in free if windows.get(k, (None, None)) == (None, None)]
+        # No start known (no meter, no capture): a job_end that came after this start, or nothing.
+        unplaced = [k for k in free if spans[k][0] is None
+                    and (spans[k][1] is None or spans[k][1] >= when - _MATCH_SLACK_S)]
         if near or unplaced:
             key = (near or unplaced)[0]
         else:
@@ -226,11 +216,7 @@ def _distance(window: Tuple[Optional[float], Optional[float]], when: float) -> f
 # --- one row ---------------------------------------------------------------------------------
 def _classify(a: _Attempt, is_last: bool, now: float) -> Tuple[str, Optional[int]]:
     state = a.slurm.state if a.slurm else ""
-    code = None
-    if a.job_end is not None:
-        code = a.job_end.get("exit_code")
-    elif a.end_record is not None:
-        code = a.end_record.get("exit_code")
+    code = (a.job_end or a.end_record or {}).get("exit_code")
     if state == "NODE_FAIL":
         return "node_failure", code
     if a.job_end is not None:
@@ -238,7 +224,8 @@ def _classify(a: _Attempt, is_last: bool, now: float) -> Tuple[str, Optional[int
         return ("timeout" if cls == "crash" and state == "TIMEOUT" else cls), code
     if a.end_record is not None:
         return _class_of_exit(code), code
-    if state in _SLURM_CLASS and state not in ("REQUEUED", "COMPLETED"):
+    # A capture taken at teardown says RUNNING for its own run: that is no verdict.
+    if state in _SLURM_CLASS and state not in ("REQUEUED", "COMPLETED", "RUNNING"):
         return _SLURM_CLASS[state], code
     runs = [r for node_runs in a.meters.values() for r in node_runs]
     last_seen = max((r.end_time or 0.0 for r in runs), default=0.0)
@@ -291,24 +278,31 @@ def _energy(a: _Attempt, row: AttemptRow, expected: List[str]) -> None:
 
 
 def _slurm_energy(a: _Attempt, row: AttemptRow) -> None:
+    """Slurm's figure for the attempt, and how far ours is from it when both cover the same thing.
+
+    The meter step runs the same processes as our meters, on the same nodes: only its start
+    differs (srun launch and Python start-up before our first sample). The allocation's
+    ConsumedEnergy is NOT comparable: slurmctld sums the energy of every step into it, and our
+    meter step overlaps the ranks' step (seen on the test cluster: allocation = meter step +
+    ranks step, about twice the node energy). It only stands in when no meter ran at all.
+    """
     if a.slurm is None:
         return
     row.slurm_state = a.slurm.state
     step = a.slurm.meter_step()
     value = accounting.parse_int(step.get("ConsumedEnergyRaw")) if step else None
     if step is not None and value and accounting.parse_time(step.get("End")) is not None:
-        # Same processes as our meters, so nearly the same window: Slurm's step starts a
-        # little earlier (srun launch, python start-up before the first sample).
         row.slurm_energy_j, row.slurm_scope = float(value), f"meter step {step['JobIDRaw']}"
-    else:
-        value = accounting.parse_int(a.slurm.allocation.get("ConsumedEnergyRaw"))
-        if value and a.slurm.ended:
-            row.slurm_energy_j, row.slurm_scope = float(value), "allocation"
-    if row.slurm_energy_j and row.metered_energy_j is not None and not row.unmetered_nodes:
-        row.slurm_rel_diff = (row.metered_energy_j - row.slurm_energy_j) / row.slurm_energy_j
-    if row.energy_j is None and row.slurm_energy_j:
-        row.energy_j, row.source, row.estimated = row.slurm_energy_j, "slurm", False
-        row.mean_power_per_node_w = _per_node_power(row)
+        if row.metered_energy_j is not None and not row.unmetered_nodes:
+            row.slurm_rel_diff = (row.metered_energy_j - value) / value
+        return
+    value = accounting.parse_int(a.slurm.allocation.get("ConsumedEnergyRaw"))
+    if value and a.slurm.ended:
+        row.slurm_energy_j, row.slurm_scope = float(value), "allocation (sum of its steps)"
+        if row.energy_j is None:
+            row.energy_j, row.source, row.estimated = row.slurm_energy_j, "slurm", False
+            row.mean_power_per_node_w = _per_node_power(row)
+            _add_note(row, "energy from Slurm's allocation figure (overlapping steps count twice)")
 
 
 def _per_node_power(row: AttemptRow) -> Optional[float]:
@@ -428,7 +422,7 @@ def collect_stage(stage_dir: Path, run: Optional[str] = None, now: Optional[floa
     now = time.time() if now is None else now
     rows = [_build_row(a, run, stage_dir.name, site, i == len(attempts) - 1, now)
             for i, a in enumerate(attempts)]
-    metrics = read_jsonl(stage_dir / "metrics.jsonl")
+    metrics = read_metrics(stage_dir / "metrics.jsonl")
     _tokens(rows, attempts, metrics)
     _lost_energy(rows, attempts, metrics)
     return Campaign(rows, notes, f"run {run} stage {stage_dir.name}")

@@ -4,7 +4,7 @@
                                      attempts in start order on x, W on y, one colour per stage,
                                      failed attempts marked: the SaulLM paper's Figure 6, for ours
     energy_per_stage(totals, path)   kWh per stage, the part lost to failures stacked on top
-    meter_vs_slurm(rows, path)       our meter against Slurm's ConsumedEnergy, per attempt
+    meter_vs_slurm(rows, path)       our meter minus Slurm's ConsumedEnergy, in %, per attempt
 
 Each returns the path written, or None when there is nothing to draw (no attempt with power).
 """
@@ -63,9 +63,11 @@ def figure6_mean_power(rows, path: Path, paper_range: bool = True) -> Optional[P
     ax.set_xlabel("job attempt (in start order)")
     ax.set_ylabel("mean power per node (W)")
     ax.set_title(f"Mean power per node per job ({len(points)} attempts)")
-    ax.set_ylim(bottom=0)
+    top = max(r.mean_power_per_node_w for r in points)
+    ax.set_ylim(0, max(top, PAPER_RANGE_W[1] if paper_range else 0.0) * 1.08)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best", ncol=2)
+    # Below the axes: a campaign of 1,800 attempts leaves no empty corner for a legend.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=5, frameon=False)
     return _save(fig, path)
 
 
@@ -82,6 +84,7 @@ def energy_per_stage(totals, path: Path) -> Optional[Path]:
     ax.bar(labels, lost, bottom=kept, color="#dd8452", hatch="//", label="lost to failures")
     for i, t in enumerate(bars):
         ax.text(i, t.kwh, f"{t.kwh:,.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(t.kwh for t in bars) * 1.12)  # room for the value labels
     ax.set_ylabel("energy (kWh)")
     ax.set_title("Energy per stage")
     ax.legend(fontsize=8)
@@ -90,18 +93,20 @@ def energy_per_stage(totals, path: Path) -> Optional[Path]:
 
 
 def meter_vs_slurm(rows, path: Path) -> Optional[Path]:
+    """(ours - Slurm) / Slurm per compared attempt: agreement is a fraction of a percent, which a
+    kWh-vs-kWh scatter would hide on its diagonal."""
     pairs = [r for r in rows if r.slurm_rel_diff is not None]
     if not pairs:
         return None
-    ours = [r.metered_energy_j / 3.6e6 for r in pairs]
-    theirs = [r.slurm_energy_j / 3.6e6 for r in pairs]
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    top = max(ours + theirs) * 1.05
-    ax.plot([0, top], [0, top], color="0.6", linestyle="--", linewidth=1, label="equal")
-    ax.scatter(theirs, ours, s=18, color="#4c72b0")
-    ax.set_xlabel("Slurm ConsumedEnergy (kWh)")
-    ax.set_ylabel("our meter (kWh)")
-    ax.set_title("Our meter vs Slurm, per attempt")
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    colours = _stage_colours([r.stage for r in pairs])
+    for stage, colour in colours.items():
+        xs = [i for i, r in enumerate(pairs) if r.stage == stage]
+        ax.scatter(xs, [100.0 * pairs[i].slurm_rel_diff for i in xs], s=18, color=colour, label=stage)
+    ax.axhline(0.0, color="0.5", linewidth=1)
+    ax.set_xlabel("compared attempt (in start order)")
+    ax.set_ylabel("ours - Slurm (% of Slurm)")
+    ax.set_title("Our meter vs Slurm ConsumedEnergy (same step)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=6, frameon=False)
     return _save(fig, path)

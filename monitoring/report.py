@@ -110,6 +110,13 @@ def _num(value, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+def _amount(value: Optional[float]) -> str:
+    """kWh or kg readable at both ends: a campaign's 65,480.4 and a test job's 0.000731."""
+    if value is None:
+        return "–"
+    return f"{value:,.3f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+
+
 def _when(seconds: Optional[float]) -> str:
     if seconds is None:
         return "–"
@@ -123,9 +130,9 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[object]]) -> List[str
 
 
 def _totals_table(groups: Sequence[Totals], name: str) -> List[str]:
-    lines = [[t.label, t.attempts, t.failures, _num(t.kwh, 3), _num(t.node_hours, 1), _num(t.gpu_hours, 1),
-              _num(t.co2_kg, 3) + (" (partial)" if t.co2_partial and t.co2_kg is not None else ""),
-              _num(t.tokens_per_kwh, 0), f"{_num(t.lost_kwh, 3)} ({t.lost_share:.1%})"] for t in groups]
+    lines = [[t.label, t.attempts, t.failures, _amount(t.kwh), _num(t.node_hours, 1), _num(t.gpu_hours, 1),
+              _amount(t.co2_kg) + (" (partial)" if t.co2_partial and t.co2_kg is not None else ""),
+              _num(t.tokens_per_kwh, 0), f"{_amount(t.lost_kwh)} ({t.lost_share:.1%})"] for t in groups]
     return _table([name, "attempts", "failed", "kWh", "node-h", "GPU-h", "kg CO2eq", "tokens/kWh",
                    "lost kWh (share)"], lines)
 
@@ -144,11 +151,16 @@ def render(result, total: Totals, by_stage: Sequence[Totals], by_run: Sequence[T
     intensity = "; ".join(f"{c} {co2.carbon_intensity(c).g_per_kwh:.1f} g/kWh" for c in countries)
     md += ["## Summary", "",
            f"- attempts: {total.attempts} ({total.failures} failed), jobs: {len({(r.run, r.job_id) for r in rows})}",
-           f"- energy: **{_num(total.kwh, 3)} kWh** ({_num(total.estimated_kwh, 3)} kWh of it estimated)",
+           f"- energy: **{_amount(total.kwh)} kWh** ({_amount(total.estimated_kwh)} kWh of it estimated)",
            f"- node-hours: {_num(total.node_hours, 1)}, GPU-hours: {_num(total.gpu_hours, 1)}",
-           f"- CO2eq: {_num(total.co2_kg, 3)} kg" + (f" (codecarbon offline intensity: {intensity})" if intensity else ""),
+           f"- CO2eq: {_amount(total.co2_kg)} kg" + (f" (codecarbon offline intensity: {intensity})" if intensity else ""),
            f"- tokens kept per kWh: {_num(total.tokens_per_kwh, 0)}",
-           f"- energy lost to failures: {_num(total.lost_kwh, 3)} kWh ({total.lost_share:.1%} of the total)", ""]
+           f"- energy lost to failures: {_amount(total.lost_kwh)} kWh ({total.lost_share:.1%} of the total)"]
+    compared = [r.slurm_rel_diff for r in rows if r.slurm_rel_diff is not None]
+    if compared:
+        md.append(f"- our meter vs Slurm's meter step: {len(compared)} attempt(s), mean difference "
+                  f"{sum(compared) / len(compared):+.2%}, largest {max(compared, key=abs):+.2%}")
+    md.append("")
     figures = [("fig6", "Mean power per node per job (the paper's Figure 6, for this campaign)"),
                ("per_stage", "Energy per stage"), ("vs_slurm", "Our meter vs Slurm")]
     for key, title in figures:
@@ -172,12 +184,16 @@ def _lost_section(rows, total: Totals) -> List[str]:
           "An attempt that did not end in checkpoint-then-stop has its work after the last checkpoint "
           "redone, and the next attempt spends its start-up recovering: lost = redone wall time x the "
           "failed attempt's mean power (all nodes) + the next attempt's time to first step x its mean power.", ""]
+    external = [r for r in rows if r.failed and r.origin != "toolkit"]
+    if external:
+        md += [f"{len(external)} failed job(s) known only from the sacct export have no checkpoint record: "
+               "their losses are not estimated here.", ""]
     if not lossy:
         return md + ["No energy was lost to failures.", ""]
     lines = [[r.run, r.stage, r.job_id, r.restart, r.failure_class, _num(r.lost_s, 0), _num(r.recovery_s, 0),
-              _num(r.lost_energy_j / J_PER_KWH, 3)] for r in lossy]
+              _amount(r.lost_energy_j / J_PER_KWH)] for r in lossy]
     lines.append(["**total**", "", "", "", f"{len(lossy)} failures", "", "",
-                  f"**{_num(total.lost_kwh, 3)}** ({total.lost_share:.1%})"])
+                  f"**{_amount(total.lost_kwh)}** ({total.lost_share:.1%})"])
     return md + _table(["run", "stage", "job", "restart", "class", "redone s", "recovery s", "lost kWh"],
                        lines) + [""]
 
@@ -192,11 +208,12 @@ def _slurm_section(rows) -> List[str]:
         worst = max(compared, key=abs)
         mean = sum(compared) / len(compared)
         md += [f"{len(compared)} attempt(s) compared: mean difference {mean:+.2%}, largest {worst:+.2%}. "
-               "The meter step spans the same processes as our meters but starts earlier (srun launch and "
-               "Python start-up before the first sample), so Slurm reads slightly more; an allocation figure "
-               "also covers set-up and teardown.", ""]
-    lines = [[r.job_id, r.restart, r.slurm_scope, _num(r.metered_energy_j and r.metered_energy_j / J_PER_KWH, 4),
-              _num(r.slurm_energy_j / J_PER_KWH, 4),
+               "Compared with Slurm's ConsumedEnergy of the meter step: the same processes on the same nodes, "
+               "but the step starts earlier (srun launch and Python start-up before our first sample), so Slurm "
+               "reads slightly more. The allocation's figure is not compared: Slurm sums every step into it, "
+               "and the meter step overlaps the ranks' step.", ""]
+    lines = [[r.job_id, r.restart, r.slurm_scope, _amount(r.metered_energy_j and r.metered_energy_j / J_PER_KWH),
+              _amount(r.slurm_energy_j / J_PER_KWH),
               "–" if r.slurm_rel_diff is None else f"{r.slurm_rel_diff:+.2%}"] for r in pairs]
     return md + _table(["job", "restart", "Slurm row", "ours kWh", "Slurm kWh", "difference"], lines) + [""]
 
@@ -206,7 +223,7 @@ def _jobs_section(rows) -> List[str]:
     for r in rows:
         nodes = f"{r.nodes}" + (f" ({','.join(r.node_names)})" if r.node_names and len(r.node_names) <= 4 else "")
         lines.append([r.run, r.stage, r.job_id, r.restart, nodes, _when(r.start), _num(r.duration_s, 0),
-                      _num(r.mean_power_per_node_w, 0), _num(r.energy_j and r.energy_j / J_PER_KWH, 4),
+                      _num(r.mean_power_per_node_w, 0), _amount(r.energy_j and r.energy_j / J_PER_KWH),
                       _num(r.gpu_hours, 2), r.source + (" (estimated)" if r.estimated else ""),
                       r.failure_class])
     return ["## Per job attempt", ""] + _table(
@@ -313,13 +330,13 @@ def print_summary(result, written: Dict[str, Path]) -> None:
     groups = grouped(result.rows, lambda r: r.stage)
     all_rows = totals("total", result.rows)
     for i, t in enumerate(groups + [all_rows]):
-        table.add_row(t.label, str(t.attempts), str(t.failures), f"{t.kwh:,.2f}", f"{t.node_hours:,.1f}",
-                      f"{t.gpu_hours:,.1f}", "n/a" if t.co2_kg is None else f"{t.co2_kg:,.2f}",
-                      f"{t.lost_kwh:,.2f} ({t.lost_share:.1%})", end_section=i == len(groups) - 1)
+        table.add_row(t.label, str(t.attempts), str(t.failures), _amount(t.kwh), f"{t.node_hours:,.1f}",
+                      f"{t.gpu_hours:,.1f}", "n/a" if t.co2_kg is None else _amount(t.co2_kg),
+                      f"{_amount(t.lost_kwh)} ({t.lost_share:.1%})", end_section=i == len(groups) - 1)
     console.print(table)
     if not any(r.energy_j is not None for r in result.rows):
         console.print("no power data: no attempt had a meter file or a Slurm energy figure")
-    console.print(f"report: {written['md']}")
+    print(f"report: {written['md']}")  # plain: a long path must stay one greppable line
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -52,10 +52,10 @@ class StageTask:
             if bound:
                 print(f"rank {os.environ.get('SLURM_PROCID')} bound to {bound}", flush=True)
         result = self._run(cfg, rundir)
-        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and result["exit_code"] != exit_codes.DONE:
-            # submitit turns a return into exit 0; the requeue path after srun needs the real code.
-            sys.stdout.flush()
-            raise SystemExit(result["exit_code"])
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            # The requeue path after srun reads the exit code (submitit would turn a return into 0);
+            # everything the next attempt needs is already on disk.
+            exit_now(int(result["exit_code"]))
         return result
 
     def _run(self, cfg, rundir: RunDir) -> dict:
@@ -145,13 +145,22 @@ def _broadcast_int(value: int) -> int:
     return int(t.item())
 
 
+def exit_now(code: int) -> None:
+    """Leave without interpreter teardown: DeepSpeed's CPU comm threads can abort in C++ static
+    destructors ("terminate called without an active exception"), turning a clean stop into a crash.
+    Every file the next attempt needs was flushed and fsynced before this point."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv=None) -> int:
     """`python -m saul.stage_entry <stage_dir>`: one rank, exit code per saul.exit_codes."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.stderr.write("usage: python -m saul.stage_entry <runs/RUN/STAGE>\n")
         return exit_codes.CONFIG_ERROR
-    return int(StageTask(argv[0])()["exit_code"])
+    exit_now(int(StageTask(argv[0])()["exit_code"]))
 
 
 if __name__ == "__main__":

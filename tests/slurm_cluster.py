@@ -520,6 +520,9 @@ class LocalSlurmCluster:
         controller = socket.gethostname().split(".")[0]
         lines = [
             f"ClusterName={self.cluster_name}",
+            # Job ids (and so the ranks' MASTER_PORT = 20000 + id % 20000) apart per port block: two test
+            # clusters on one host never hand the same id, hence the same port, to concurrent jobs.
+            f"FirstJobId={1 + ((self.port_base // 1000) % 20) * 1000}",
             f"SlurmctldHost={controller}(127.0.0.1)",
             f"SlurmctldPort={self.slurmctld_port}",
             f"SlurmdPort={min(self.slurmd_ports.values())}",
