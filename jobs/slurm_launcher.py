@@ -23,6 +23,7 @@ from saul.config.sites import REPO_ROOT
 from saul.resilience.node_exclusion import excluded_nodes
 from saul.resilience.watchdog import RANKS_STEP_NAME
 from saul.rundir import RunDir
+from saul.slurm_commands import slurm_output
 
 MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
 
@@ -209,27 +210,17 @@ def live_states() -> Tuple[str, ...]:
             "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED")
 
 
-def _run(cmd: List[str]) -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout if out.returncode == 0 else ""
-
-
 def job_states(job_ids: List[str]) -> Dict[str, str]:
     """State of each job: the controller's view (squeue: pending jobs have no sacct row yet), else sacct's."""
     if not job_ids:
         return {}
     states: Dict[str, str] = {}
-    for line in _run(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)]).splitlines():
+    for line in slurm_output(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)]).splitlines():
         job, _, state = line.partition("|")
         states[job] = state.split()[0] if state else ""
-    queued = _run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(job_ids)])
+    queued = slurm_output(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(job_ids)])
     if not queued and len(job_ids) > 1:  # squeue refuses the whole list when one id has been purged
-        queued = "\n".join(_run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", job]) for job in job_ids)
+        queued = "\n".join(slurm_output(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", job]) for job in job_ids)
     for line in queued.splitlines():
         jid, _, state = line.partition("|")
         if jid in job_ids and state:

@@ -35,8 +35,8 @@ import yaml
 
 from monitoring import accounting
 from monitoring.power_log import MeterRun, load_power_dir
-from saul import exit_codes
 from saul.resilience import ledger
+from saul.resilience.after_job import classify
 from saul.train.metrics import read_metrics  # torch-free, like everything here
 
 # Attempts whose work after the last checkpoint is redone by the next one.
@@ -223,7 +223,7 @@ def _classify(a: _Attempt, is_last: bool, now: float) -> Tuple[str, Optional[int
         cls = str(a.job_end.get("class", "crash"))
         return ("timeout" if cls == "crash" and state == "TIMEOUT" else cls), code
     if a.end_record is not None:
-        return _class_of_exit(code), code
+        return classify(code), code
     # A capture taken at teardown says RUNNING for its own run: that is no verdict.
     if state in _SLURM_CLASS and state not in ("REQUEUED", "COMPLETED", "RUNNING"):
         return _SLURM_CLASS[state], code
@@ -232,16 +232,6 @@ def _classify(a: _Attempt, is_last: bool, now: float) -> Tuple[str, Optional[int
     if is_last and runs and not any(r.complete for r in runs) and now - last_seen < RUNNING_GRACE_S:
         return "running", code
     return "killed", code  # no end record anywhere: SIGKILL, node loss, scancel
-
-
-def _class_of_exit(code) -> str:
-    if code == exit_codes.DONE:
-        return "done"
-    if code == exit_codes.STOPPED:
-        return "stopped"
-    if code in exit_codes.NEVER_RETRY:
-        return "user_error"
-    return "crash"
 
 
 def _energy(a: _Attempt, row: AttemptRow, expected: List[str]) -> None:

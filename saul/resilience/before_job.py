@@ -19,35 +19,28 @@ from typing import Dict, List
 from saul.resilience import ledger
 from saul.resilience.after_job import newest_checkpoint_step
 from saul.resilience.node_exclusion import exclude, excluded_nodes
+from saul.slurm_commands import slurm_output
 
 BAD_NODE_STATES = ("down", "drain", "drng", "fail", "failg", "maint", "boot", "unk", "no_respond")
-
-
-def _run(cmd: List[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout if out.returncode == 0 else ""
 
 
 def previous_runs(job_id: str) -> List[Dict[str, str]]:
     """Earlier runs of this job id, oldest first (sacct -D: one allocation row per run)."""
     fields = ("JobIDRaw", "State", "NodeList", "Start", "End", "ExitCode")
-    out = _run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", ",".join(fields)])
+    out = slurm_output(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", ",".join(fields)])
     rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
     return [r for r in rows if r["State"].split()[0] not in ("RUNNING", "PENDING")]
 
 
 def expand_nodelist(nodelist: str) -> List[str]:
-    return _run(["scontrol", "show", "hostnames", nodelist]).split() if nodelist else []
+    return slurm_output(["scontrol", "show", "hostnames", nodelist]).split() if nodelist else []
 
 
 def unhealthy(nodes: List[str]) -> Dict[str, str]:
     """node -> Slurm's state and reason, for the nodes Slurm itself has taken out of service."""
     if not nodes:
         return {}
-    out = _run(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N|%t|%E"])
+    out = slurm_output(["sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%N|%t|%E"])
     bad = {}
     for line in out.splitlines():
         node, state, reason = (line.split("|") + ["", ""])[:3]

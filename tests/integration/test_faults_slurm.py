@@ -1,7 +1,6 @@
 """Fault injection on the real local Slurm cluster: break a 2-node tiny CPT mid-training, let the
 toolkit recover on its own, then check the stage completed with the clean run's weights, the data
 order had no gap or repeat, the ledger names the fault, and a failed node is excluded."""
-import json
 import os
 import signal
 import subprocess

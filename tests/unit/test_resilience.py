@@ -2,7 +2,6 @@
 import pytest
 
 from jobs.local_launcher import combine_exit_codes
-from saul import exit_codes
 from saul.resilience.after_job import classify, decide
 from saul.resilience.watchdog import HangDetector
 
