@@ -13,6 +13,7 @@ requeue path (saul.resilience.after_job). Torch is never imported here: the logi
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -38,12 +39,17 @@ def account_for(site, env=os.environ) -> str:
     return account
 
 
+def expand_vars(text: str, env) -> str:
+    """$VAR / ${VAR} from `env`; unknown ones stay as they are (and are refused where that matters)."""
+    return re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
 def image_path(site, env=os.environ, must_exist: bool = True) -> str:
     """The container image with $VARS expanded on the login node; missing -> error now, not in an hour."""
     image = site.container.image
     if not image:
         return ""
-    expanded = os.path.expandvars(image)
+    expanded = expand_vars(image, env)
     if not must_exist:
         return expanded
     if "$" in expanded:

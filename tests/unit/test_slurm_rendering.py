@@ -1,0 +1,106 @@
+"""What a submit to a real site would run, pinned: the ADASTRA sbatch script and per-rank command for
+96 nodes (golden files), the Apptainer command line, device and CPU binding, and the refusals that
+must happen at submit time rather than in the queue."""
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from jobs import slurm_launcher
+from saul.binding import bind_rank, parse_cpu_list
+from saul.config.compose import compose
+from saul.config.errors import ConfigError
+from saul.config.sites import REPO_ROOT
+from saul.rundir import RunDir
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+ADASTRA_ENV = {"SAUL_ACCOUNT": "gda2301", "WORKDIR": "/lus/work/CT6/gda2301/someone"}
+
+
+def adastra(*extra):
+    cfg = compose(["stage=cpt", "site=adastra", "nodes=96", "run=saul54b", "runs_root=/lus/work/saul/runs", *extra],
+                  env={}).cfg
+    return cfg, RunDir.from_config(cfg)
+
+
+def normalised(text: str) -> str:
+    return text.replace(str(REPO_ROOT), "<repo>").replace(os.path.realpath(REPO_ROOT), "<repo>")
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("SAUL_REGENERATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed: inspect, then regenerate with SAUL_REGENERATE_GOLDEN=1"
+
+
+def test_adastra_96_node_batch_script_and_rank_command_are_pinned():
+    cfg, rundir = adastra()
+    script, command = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
+    check_golden("adastra-cpt-96.sbatch", normalised(script))
+    check_golden("adastra-cpt-96.rank-command", normalised(command) + "\n")
+
+
+def test_adastra_script_carries_the_site_figures():
+    cfg, rundir = adastra()
+    script, command = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
+    for line in ("#SBATCH --nodes=96", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --account=gda2301", "#SBATCH --constraint=MI250",
+                 "#SBATCH --exclusive", "#SBATCH --requeue", "#SBATCH --signal=USR2@600", "#SBATCH --time=1440"):
+        assert line in script
+    assert command.startswith('apptainer exec --rocm --bind "/lus/work/saul/runs,')
+    assert '"/lus/work/CT6/gda2301/someone/containers/saul-rocm.sif" python -u -m submitit.core._submit' in command
+    assert 'export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID"' in script  # expanded on the node
+    assert "gda2301" not in command  # nothing secret-ish on the rank command line
+
+
+def test_missing_account_or_image_is_refused_at_submit_time(tmp_path):
+    cfg, _ = adastra()
+    with pytest.raises(ConfigError, match="export SAUL_ACCOUNT=<project>"):
+        slurm_launcher.account_for(cfg.site, env={})
+    with pytest.raises(ConfigError, match="uses an unset variable"):
+        slurm_launcher.image_path(cfg.site, env={})
+    cfg.site.container.image = str(tmp_path / "missing.sif")
+    with pytest.raises(ConfigError, match="does not exist; build it with containers/build.sh"):
+        slurm_launcher.image_path(cfg.site)
+    (tmp_path / "missing.sif").write_bytes(b"sif")
+    assert slurm_launcher.image_path(cfg.site) == str(tmp_path / "missing.sif")
+
+
+def test_sbatch_extra_lines_must_be_options():
+    assert slurm_launcher.sbatch_extra_parameters(["--constraint=MI250", "--exclusive"]) == {
+        "constraint": "MI250", "exclusive": True}
+    with pytest.raises(ConfigError, match="must look like --option=value"):
+        slurm_launcher.sbatch_extra_parameters(["constraint=MI250"])
+
+
+def test_excluded_nodes_of_the_run_reach_sbatch(tmp_path):
+    cfg, rundir = adastra(f"runs_root={tmp_path}")
+    rundir.root.mkdir(parents=True)
+    rundir.ledger.write_text('{"event": "node_excluded", "node": "g1042", "reason": "NODE_FAIL", "time": 1}\n')
+    script, _ = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
+    assert "#SBATCH --exclude=g1042" in script
+
+
+def test_each_rank_sees_one_gcd_and_the_cores_next_to_it():
+    site = OmegaConf.create({"gpu_vendor": "amd", "gpus_per_node": 8,
+                             "gpu_cpu_bind": [f"{os.sched_getaffinity(0).__iter__().__next__()}"] * 8})
+    env = {}
+    before = os.sched_getaffinity(0)
+    try:
+        described = bind_rank(site, 3, environ=env)
+        assert env == {"ROCR_VISIBLE_DEVICES": "3", "HIP_VISIBLE_DEVICES": "3"}
+        assert os.sched_getaffinity(0) == {min(before)} and "cores" in described
+    finally:
+        os.sched_setaffinity(0, before)
+    nvidia = OmegaConf.create({"gpu_vendor": "nvidia", "gpus_per_node": 4, "gpu_cpu_bind": []})
+    env = {}
+    bind_rank(nvidia, 2, environ=env)
+    assert env == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert bind_rank(OmegaConf.create({"gpu_vendor": "none", "gpus_per_node": 0, "gpu_cpu_bind": []}), 0, {}) is None
+
+
+def test_cpu_lists_parse_like_the_kernel_writes_them():
+    assert parse_cpu_list("48-55") == list(range(48, 56))
+    assert parse_cpu_list("0-2,7,9-10") == [0, 1, 2, 7, 9, 10]
