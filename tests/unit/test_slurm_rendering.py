@@ -15,7 +15,7 @@ from saul.config.sites import REPO_ROOT
 from saul.rundir import RunDir
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-ADASTRA_ENV = {"SAUL_ACCOUNT": "gda2301", "WORKDIR": "/lus/work/CT6/gda2301/someone"}
+ADASTRA_ENV = {"SAUL_ACCOUNT": "gda2301", "WORKDIR": "/lus/work/CT6/someone"}
 
 
 def adastra(*extra):
@@ -50,7 +50,7 @@ def test_adastra_script_carries_the_site_figures():
                  "#SBATCH --exclusive", "#SBATCH --requeue", "#SBATCH --signal=USR2@600", "#SBATCH --time=1440"):
         assert line in script
     assert command.startswith('apptainer exec --rocm --bind "/lus/work/saul/runs,')
-    assert '"/lus/work/CT6/gda2301/someone/containers/saul-rocm.sif" python -u -m submitit.core._submit' in command
+    assert '"/lus/work/CT6/someone/containers/saul-rocm.sif" python -u -m submitit.core._submit' in command
     assert 'export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID"' in script  # expanded on the node
     assert "gda2301" not in command  # nothing secret-ish on the rank command line
 
