@@ -355,7 +355,8 @@ def _startup(start: dict, end: Optional[dict], mine: List[dict], saves: List[dic
         unlogged_saves = sum(c["seconds"] for c in saves if step_start < c["step"] < first["step"])
         began = first["time"] - first["step_time_s"] * (first["step"] - step_start) - unlogged_saves
         return max(0.0, began - start["time"])
-    if end is not None and _number(end.get("time_to_first_step_s")) and end.get("step_end", 0) > step_start:
+    if end is not None and _number(end.get("time_to_first_step_s")) and _number(end.get("step_end")) \
+            and end["step_end"] > step_start:
         return float(end["time_to_first_step_s"])
     return None
 
@@ -443,7 +444,10 @@ def young_line(s: StageGoodput) -> str:
 
 
 def summary_lines(s: StageGoodput) -> List[str]:
-    classes = ", ".join(f"{c.attempts} {c.end_class}" for c in s.losses()) or "none"
+    counts: Dict[str, int] = {}
+    for a in s.attempts:
+        counts[a.end_class] = counts.get(a.end_class, 0) + 1
+    classes = ", ".join(f"{n} {cls}" for cls, n in counts.items())
     return [
         f"effective training time ratio: **{_pct(s.ratio)}** ({_s(s.productive_s)} s of productive steps in "
         f"{_s(s.elapsed_s)} s from the first attempt's start to the last one's end); without the waits between "

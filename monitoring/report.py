@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Energy report of one run or of the whole campaign: markdown, figures, per-job CSV/Parquet.
+"""Energy and goodput reports of one run or of the whole campaign: markdown, figures, per-job CSV/Parquet.
 
-    python monitoring/report.py [run=NAME] [runs_root=DIR] [sacct=FILE] [out=DIR]
-                                [format=csv|parquet|both] [country=ISO3]
+    python monitoring/report.py [run=NAME] [runs_root=DIR] [kind=all|energy|goodput] [sacct=FILE]
+                                [out=DIR] [format=csv|parquet|both] [country=ISO3]
 
 run=NAME     one run (runs_root/NAME); without it, every run under runs_root (the campaign)
 runs_root    default ./runs
+kind         energy (energy.md, below), goodput (goodput.md: effective training time, lost work,
+             recovery, MTBF, Young's checkpoint interval; monitoring/goodput.py), or all (default)
 sacct=FILE   a `sacct -P -o ...` export (with header): jobs run outside the toolkit are added
              as rows of their own; jobs we metered only borrow Slurm's figure from it
 out=DIR      default runs_root/NAME/reports (one run) or runs_root/reports (campaign)
@@ -14,8 +16,10 @@ country      ISO code for CO2eq of sacct-only rows (toolkit rows use their site'
              country_iso_code from config.yaml)
 
 Writes energy.md, fig6_mean_power_per_node.png, energy_per_stage.png, meter_vs_slurm.png
-(when Slurm figures exist) and the export; prints a short summary. Exit 0, also when there is
-no power data (the report says so); bad input: one line on stderr, exit 2.
+(when Slurm figures exist) and the export; kind=goodput writes goodput.md and one
+goodput_<stage>.png per stage (campaign: goodput_<run>_<stage>.png); each prints a short summary.
+Exit 0, also when there is no power data or no training attempt (the report says so); bad input:
+one line on stderr, exit 2.
 """
 from __future__ import annotations
 
@@ -30,10 +34,11 @@ from typing import Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the repo importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitoring import accounting, campaign as campaign_mod, co2, export  # noqa: E402
+from monitoring import accounting, campaign as campaign_mod, co2, export, goodput  # noqa: E402
 
 EXIT_BAD_INPUT = 2
-KEYS = ("run", "runs_root", "sacct", "out", "format", "country")
+KEYS = ("run", "runs_root", "kind", "sacct", "out", "format", "country")
+KINDS = ("all", "energy", "goodput")
 J_PER_KWH = 3.6e6
 
 
@@ -246,6 +251,9 @@ def parse_args(argv: Sequence[str]) -> Dict[str, str]:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise BadInput(f"unknown key '{key}'{hint}; keys: {', '.join(KEYS)}")
         args[key] = value
+    kind = args.setdefault("kind", "all")
+    if kind not in KINDS:
+        raise BadInput(f"kind={kind}: choose one of {', '.join(KINDS)}")
     fmt = args.setdefault("format", "csv")
     if fmt not in export.FORMATS:
         raise BadInput(f"format={fmt}: choose one of {', '.join(export.FORMATS)}")
@@ -290,6 +298,22 @@ def collect(args: Dict[str, str]):
             if row.country == code:
                 row.country = ""
     return result, Path(args["out"]) if args.get("out") else out
+
+
+def collect_goodput(args: Dict[str, str]):
+    """(scope, stages, output directory, one run?) for kind=goodput; BadInput when the arguments name nothing."""
+    runs_root = Path(args.get("runs_root", "runs"))
+    if args.get("run"):
+        run = args["run"]
+        known = campaign_mod.list_runs(runs_root)
+        if run not in known:
+            raise BadInput(f"unknown run '{run}' under {runs_root} (runs there: {', '.join(known) or 'none'})")
+        scope, stages, out = f"run {run}", goodput.collect_run(runs_root / run), runs_root / run / "reports"
+    else:
+        if not runs_root.is_dir():
+            raise BadInput(f"runs_root={runs_root}: no such directory (give runs_root=DIR)")
+        scope, stages, out = f"campaign {runs_root}", goodput.collect_campaign(runs_root), runs_root / "reports"
+    return scope, stages, Path(args["out"]) if args.get("out") else out, bool(args.get("run"))
 
 
 def write_report(result, out: Path, fmt: str = "csv") -> Dict[str, Path]:
@@ -341,18 +365,33 @@ def print_summary(result, written: Dict[str, Path]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    energy = good = None
     try:
         args = parse_args(argv)
-        result, out = collect(args)
+        kind = args["kind"]
+        if kind in ("energy", "all"):
+            energy = collect(args)
+        # kind=all on a sacct export alone has no run directory to read goodput from: energy only.
+        if kind == "goodput" or (kind == "all" and (args.get("run") or Path(args.get("runs_root", "runs")).is_dir())):
+            good = collect_goodput(args)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    out = None
     try:
-        written = write_report(result, out, args["format"])
+        if energy is not None:
+            result, out = energy
+            written = write_report(result, out, args["format"])
+        if good is not None:
+            scope, stages, out, one_run = good
+            good_written = goodput.write_report(scope, stages, out, one_run)
     except OSError as exc:
         print(f"error: cannot write the report to {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print_summary(result, written)
+    if energy is not None:
+        print_summary(energy[0], written)
+    if good is not None:
+        goodput.print_summary(good[0], good[1], good_written)
     return 0
 
 

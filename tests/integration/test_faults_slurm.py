@@ -165,3 +165,24 @@ class _Alive:
 
     def poll(self):
         return None
+
+
+@pytest.mark.slow
+def test_a_real_time_limit_is_survived(slurm_cluster, packed_data, tmp_path):
+    """Slurm's own USR2 ahead of a 2-minute limit (checked every ~30 s): stop, checkpoint, requeue, finish."""
+    runs = tmp_path / "runs"
+    steps = 1500  # ~2 min of 2-rank steps here: more than one 2-minute window once start-up is counted
+    submit(slurm_cluster, *[a for a in args(runs, packed_data, "limit") if not a.startswith("train.max_steps")],
+           f"train.max_steps={steps}", "checkpoint.every_steps=500", "train.log_every=10", "time_limit_min=2")
+    stage = runs / "limit" / "cpt"
+    ends = wait_until_done(stage, timeout=600)
+    classes = [e["class"] for e in ends]
+    assert classes[-1] == "done" and "stopped" in classes, ends
+    assert all(c in ("stopped", "done") for c in classes)  # the limit never became a crash or a TIMEOUT
+    steps_seen = e2e.by_step(stage / "metrics.jsonl")
+    assert max(steps_seen) == steps
+    for recs in steps_seen.values():  # a step logged twice would have to have seen the same samples
+        assert all(r["sample_ids"] == recs[0]["sample_ids"] for r in recs)
+    attempts = [r for r in ledger(stage) if r["event"] == "attempt_end"]
+    for before, after in zip(attempts, attempts[1:]):
+        assert after["step_start"] == before["step_end"]  # stopped at a checkpoint: nothing redone
