@@ -95,7 +95,7 @@ def progress_vs_wall_time(stage: StageGoodput, path: Path) -> Optional[Path]:
         Line2D([], [], color=PLANNED, marker="o", ls="", label="planned stop"),
         Patch(color=STARTUP_SHADE, label="start-up to first step"),
         Patch(color=GAP_SHADE, label="gap: detection, requeue, queue"),
-    ], loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8, frameon=False)  # below: never over the lines
+    ], loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8, frameon=False)  # below the lines
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)

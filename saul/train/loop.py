@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
 
 from saul import exit_codes
+from saul.config.model_size import count_parameters
 from saul.data.dataset import PackedDataset, global_batch_ids, rank_slice
 from saul.resilience import ledger
 from saul.resilience.heartbeat import Heartbeat
@@ -97,6 +99,9 @@ class CausalLMTrainer:
         self.pos = Position()
         self.resumed_from: Optional[str] = None
         self.last_saved_step = -1
+        m = cfg.model
+        self.flops_per_token = count_parameters(m).flops_per_token(t.seq_len, m.hidden_size, m.num_hidden_layers)
+        self.peak_flops = cfg.site.peak_tflops_bf16_per_device * 1e12 * info.world_size
 
     # --- state -------------------------------------------------------------------------------
     def expected_state(self) -> dict:
@@ -153,7 +158,8 @@ class CausalLMTrainer:
         ledger_start = self.pos.step
         steps_this_attempt = 0
         first_step_at: Optional[float] = None
-        t_attempt = time.time()
+        # Recovery time counts from the process start: imports, model build and checkpoint load included.
+        t_attempt = psutil.Process().create_time()
         while self.pos.step < t.max_steps:
             self.heartbeat.beat(self.pos.step, "train")
             t0 = time.time()
@@ -197,6 +203,8 @@ class CausalLMTrainer:
                   "step_time_s": round(step_time, 6), "tokens_per_s": round(tokens / max(step_time, 1e-9), 2),
                   "tokens": self.pos.tokens, "samples": self.pos.samples, "max_steps": t.max_steps,
                   "batch_digest": batch_digest(ids), "attempt": self.attempt}
+        if self.peak_flops:  # model FLOPs utilisation against the site's bf16 peak
+            record["mfu"] = round(self.flops_per_token * tokens / max(step_time, 1e-9) / self.peak_flops, 5)
         if t.log_sample_ids:
             record["sample_ids"] = [int(i) for i in ids]
         self.metrics.write(record)
