@@ -6,7 +6,7 @@ STAMP := .make
 RUNS ?= runs
 DEMO_RUN ?= demo
 
-.PHONY: setup demo test test-fast bench clean-demo
+.PHONY: setup demo test test-slow test-fast bench clean-demo
 
 $(STAMP)/python: setup.cfg pyproject.toml constraints.txt
 	@mkdir -p $(STAMP)
@@ -26,7 +26,11 @@ demo: $(STAMP)/python
 	$(PY) jobs/submit.py stage=cpt model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) nproc=2 optim.lr=1e-3 optim.warmup_steps=5
 
 test: $(STAMP)/python $(STAMP)/slurm
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not slow"
+
+# The slow ones on their own (a real 2-minute Slurm time limit: 3-10 min).
+test-slow: $(STAMP)/python $(STAMP)/slurm
+	$(PY) -m pytest -q -ra -m slow
 
 # Everything but the real-Slurm and slow end-to-end tests (a quick loop while editing).
 test-fast: $(STAMP)/python

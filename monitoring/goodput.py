@@ -9,23 +9,25 @@ Read from the run directory alone (torch-free, like all of monitoring/):
     config.yaml     checkpoint.every_steps, train.max_steps, train.log_every
 
 Per attempt (one `attempt_start`):
-- wall time: attempt_start -> attempt_end; an attempt killed without attempt_end ends at its last
-  own record (step, checkpoint): what came after is invisible and counts as downtime.
+- start: when rank 0's process started, where attempt_end gives it (saul/train/loop.py counts
+  time_to_first_step_s from the process start: first step's end - that = process start); else,
+  for an attempt killed without attempt_end, its attempt_start (written after imports and the
+  process-group init, so that launch time falls into the gap before it).
+- wall time: start -> attempt_end; an attempt killed without attempt_end ends at its last own
+  record (step, checkpoint): what came after is invisible and counts as downtime.
 - steps: every logged step record covers itself and the unlogged steps since the previous record
   (train.log_every > 1), each at the logged step's step_time_s.
 - redone steps: steps after the step a LATER attempt resumed from; their step time is lost work.
   Productive step time is the step time of every step that was never redone.
-- start-up: attempt_start -> the first step begins (model build, checkpoint load, data). The
-  ledger's time_to_first_step_s starts later (at the step loop, after the checkpoint load), so
-  it would hide the load: it is only a fallback here.
-- gap after: this attempt's end -> the next attempt_start (failure detection, teardown, requeue,
-  queue wait, launch and imports). Recovery after an attempt = gap after + the next start-up.
+- start-up: start -> the first step begins (imports, model build, checkpoint load, data).
+- gap after: this attempt's end -> the next attempt's start (failure detection, teardown, requeue,
+  queue wait). Recovery after an attempt = gap after + the next start-up.
 - end class: job_end's class when the requeue path wrote one (crash, hang, node_failure, lost,
   stopped, done, user_error), else attempt_end's exit code, else `killed` (a later attempt
   exists) or `unfinished` (the last attempt: still running, or never followed).
 
 Stage totals: effective training time ratio = productive step time / elapsed time from the first
-attempt_start to the last attempt's end, and / the attempts' wall time alone (the gaps taken out);
+attempt's start to the last attempt's end, and / the attempts' wall time alone (the gaps taken out);
 observed MTBF = attempts' wall time / failures (planned stops are no failures); Young's optimal
 checkpoint interval T = sqrt(2 x mean checkpoint save cost x MTBF), in seconds and in steps of the
 mean step time, beside the configured checkpoint.every_steps.
@@ -57,7 +59,7 @@ class AttemptGoodput:
 
     attempt: int
     job_id: str
-    start: float
+    start: float  # rank 0's process start when known, else attempt_start
     end: float
     closed: bool  # ended with its own attempt_end; else `end` is its last record
     step_start: int  # the step it resumed from
@@ -70,8 +72,9 @@ class AttemptGoodput:
     measured_steps: int = 0  # steps with a record of their own (the rest borrow a neighbour's time)
     checkpoints: int = 0
     checkpoint_s: float = 0.0
-    startup_s: Optional[float] = None  # attempt_start -> first step begins; None: it never stepped
-    gap_after_s: Optional[float] = None  # -> the next attempt_start; None for the last attempt
+    startup_s: Optional[float] = None  # start -> first step begins; None: it never stepped
+    gap_after_s: Optional[float] = None  # -> the next attempt's start; None for the last attempt
+    from_process_start: bool = False  # `start` is the process start (else attempt_start)
     recovery_after_s: Optional[float] = None  # gap after + the next attempt's start-up
     points: List[Tuple[float, int]] = field(default_factory=list, repr=False)  # (time, step) of its records
     checkpoint_points: List[Tuple[float, int]] = field(default_factory=list, repr=False)
@@ -137,7 +140,7 @@ class StageGoodput:
 
     @property
     def elapsed_s(self) -> float:
-        """First attempt_start -> last attempt's end."""
+        """First attempt's start -> last attempt's end."""
         return self.wall_s + self.gaps_s
 
     @property
@@ -299,6 +302,8 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
         mine = steps.get(n, [])
         saves = [c for c in checkpoints if c["attempt"] == n]
         step_start = _step_start(n, end, mine, checkpoints, result.notes)
+        launched = _process_start(start, end, mine, step_start)
+        begin = start["time"] if launched is None else launched
         if end is not None:
             finish, closed = end["time"], True
         else:
@@ -307,11 +312,11 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
         step_end = max([step_start] + [int(m["step"]) for m in mine]
                        + ([int(end["step_end"])] if end is not None and _number(end.get("step_end")) else []))
         result.attempts.append(AttemptGoodput(
-            attempt=n, job_id=str(start.get("job_id", "")), start=start["time"], end=finish, closed=closed,
+            attempt=n, job_id=str(start.get("job_id", "")), start=begin, end=finish, closed=closed,
             step_start=step_start, step_end=step_end,
             end_class=_end_class(start, end, (start["time"], next_start), records, i + 1 == len(order)),
             checkpoints=len(saves), checkpoint_s=sum(c["seconds"] for c in saves),
-            startup_s=_startup(start, end, mine, saves, step_start),
+            startup_s=_startup(begin, end, mine, saves, step_start), from_process_start=launched is not None,
             points=[(m["time"], int(m["step"])) for m in mine],
             checkpoint_points=[(c["time"], int(c["step"])) for c in saves]))
     _split_productive_and_redone(result.attempts, steps)
@@ -319,6 +324,10 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
         a.gap_after_s = max(0.0, nxt.start - a.end)
         if nxt.startup_s is not None:
             a.recovery_after_s = a.gap_after_s + nxt.startup_s
+    guessed = [a.attempt for a in result.attempts if not a.from_process_start]
+    if guessed and len(guessed) < len(result.attempts):
+        result.notes.append(f"attempt(s) {', '.join(map(str, guessed))} start at attempt_start (no attempt_end to "
+                            "date the process start): their launch counts in the gap before them")
     logged = sum(a.steps for a in result.attempts)
     if logged and result.measured_steps < logged:
         result.notes.append(
@@ -347,14 +356,26 @@ def _step_start(attempt: int, end: Optional[dict], mine: List[dict], checkpoints
     return step
 
 
-def _startup(start: dict, end: Optional[dict], mine: List[dict], saves: List[dict], step_start: int) -> Optional[float]:
-    """attempt_start -> the moment its first step began (the first logged step, minus the unlogged
-    steps before it at that step's time and any save among them)."""
+def _process_start(start: dict, end: Optional[dict], mine: List[dict], step_start: int) -> Optional[float]:
+    """Rank 0's process start: its first step's end minus attempt_end's time_to_first_step_s. None
+    without attempt_end, and for a record from before loop.py counted from the process start (it
+    counted from the step loop then, which gives a time after attempt_start)."""
+    if end is None or not mine or not _number(end.get("time_to_first_step_s")):
+        return None
+    first = mine[0]
+    first_step_done = first["time"] - first["step_time_s"] * (first["step"] - step_start - 1)
+    launched = first_step_done - end["time_to_first_step_s"]
+    return launched if launched <= start["time"] else None
+
+
+def _startup(begin: float, end: Optional[dict], mine: List[dict], saves: List[dict], step_start: int) -> Optional[float]:
+    """Start -> the moment its first step began (the first logged step, minus the unlogged steps
+    before it at that step's time and any save among them)."""
     if mine:
         first = mine[0]
         unlogged_saves = sum(c["seconds"] for c in saves if step_start < c["step"] < first["step"])
         began = first["time"] - first["step_time_s"] * (first["step"] - step_start) - unlogged_saves
-        return max(0.0, began - start["time"])
+        return max(0.0, began - begin)
     if end is not None and _number(end.get("time_to_first_step_s")) and _number(end.get("step_end")) \
             and end["step_end"] > step_start:
         return float(end["time_to_first_step_s"])
@@ -467,9 +488,11 @@ def render(scope: str, stages: Sequence[StageGoodput], figures: Dict[Tuple[str, 
           f"Generated {_when(time.time())} UTC by `monitoring/report.py kind=goodput` from each stage's ledger, "
           "metrics and config. Times are UTC; durations in seconds.", "",
           "Productive step time counts every step that was never redone; a step after the checkpoint the next "
-          "attempt resumed from is redone (lost work). Start-up runs from attempt_start to the first step; the "
-          "gap after an attempt runs from its end (its last record when it was killed) to the next attempt_start: "
-          "failure detection, requeue, queue wait and launch. Recovery = gap + the next start-up.", ""]
+          "attempt resumed from is redone (lost work). An attempt starts when rank 0's process starts (from "
+          "attempt_end's time_to_first_step_s; attempt_start for an attempt killed without attempt_end) and its "
+          "start-up runs to the first step. The gap after an attempt runs from its end (its last record when it "
+          "was killed) to the next attempt's start: failure detection, requeue and queue wait. "
+          "Recovery = gap + the next start-up.", ""]
     if not stages:
         return "\n".join(md + ["**No training attempts**: no stage has an attempt_start in its ledger.", ""])
     for s in stages:

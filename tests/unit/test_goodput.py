@@ -61,8 +61,12 @@ class Timeline:
         self.saved = step
         return t
 
-    def attempt_until(self, start: float, last_step: int, ending: str, step_times=None) -> float:
-        """Run one attempt from `start` to `last_step`, end it as `ending`; returns its last record's time."""
+    def attempt_until(self, start: float, last_step: int, ending: str, step_times=None, launch_s: float = 0.0,
+                      first_step_from: str = "process") -> float:
+        """Run one attempt whose attempt_start is at `start` (its process started `launch_s` earlier) to
+        `last_step`, end it as `ending`; returns its last record's time. attempt_end's time_to_first_step_s
+        counts from the process start (loop.py today) or, `first_step_from="loop"`, from the step loop
+        (loop.py before: the first step's time only)."""
         if self.node_failure_pending:  # before_job accounts for the run Slurm ended, at the next run's start
             self._job_end("node_failure", start - 1.0, None, slurm_state="NODE_FAIL", blamed_nodes=["n2"])
             self.node_failure_pending = False
@@ -71,10 +75,12 @@ class Timeline:
                       "nodes": 2, "host": "n1", "pid": 4242, "time": start})
         step_start = step = self.saved
         t = start + STARTUP_S
+        first_step_s = None
         while step < last_step:
             step += 1
             step_s = step_times[step] if step_times else STEP_S
             t += step_s
+            first_step_s = step_s if first_step_s is None else first_step_s
             stopping = ending == "stopped" and step == last_step
             if step % self.log_every == 0 or step == self.max_steps or stopping:
                 self.metrics.write({"step": step, "loss": 7.0 - step / 100, "lr": 1e-3, "grad_norm": 1.0,
@@ -93,7 +99,8 @@ class Timeline:
                           "exit_code": 0 if ending == "done" else 75, "reason": ending, "step_start": step_start,
                           "step_end": step, "tokens_end": step * TOKENS_PER_STEP,
                           "resumed_from": f"step-{step_start:08d}" if step_start else None,
-                          "time_to_first_step_s": STEP_S, "time": t})
+                          "time_to_first_step_s": (launch_s + STARTUP_S + first_step_s if first_step_from == "process"
+                                                   else first_step_s), "time": t})
             self._job_end(ending, t + 1.0, 0 if ending == "done" else 75, "done" if ending == "done" else "requeue")
         elif ending == "hang":
             self._ledger({"event": "hang", "job_id": self.job_id, "why": "no progress", "time": t + 20.0})
@@ -171,6 +178,26 @@ def test_a_node_failure_without_attempt_end_then_a_crash_then_done(tmp_path):
     assert {c.end_class: (c.redone_steps, c.redone_s) for c in s.losses()} == {
         "node_failure": (7, 3.5), "crash": (4, 2.0)}
     assert any("attempt 2 has no attempt_end" in n for n in s.notes)
+
+
+def test_the_process_start_from_time_to_first_step_moves_launch_time_from_the_gap_to_start_up(tmp_path):
+    tl = Timeline(tmp_path, "launch")
+    tl.attempt_until(T0, 25, "crash")
+    tl.attempt_until(T0 + 60.0, 40, "done", launch_s=3.0)  # imports and process-group init before attempt_start
+    s = stage_of(tl)
+    first, second = s.attempts
+    assert not first.from_process_start and first.start == T0  # killed: no attempt_end to date its process
+    assert second.from_process_start and second.start == T0 + 57.0
+    assert (second.startup_s, first.gap_after_s, first.recovery_after_s) == (13.0, 30.5, 43.5)
+    assert s.elapsed_s == 85.0 and s.wall_s == 54.5 and s.ratio_without_gaps == pytest.approx(20 / 54.5)
+    assert any("attempt(s) 1 start at attempt_start" in n for n in s.notes)
+
+
+def test_a_time_to_first_step_counted_from_the_step_loop_leaves_attempt_start_as_the_start(tmp_path):
+    tl = Timeline(tmp_path, "oldloop")
+    tl.attempt_until(T0, 40, "done", first_step_from="loop")
+    (a,) = stage_of(tl).attempts
+    assert not a.from_process_start and a.start == T0 and a.startup_s == STARTUP_S
 
 
 def test_planned_stops_are_no_failures_and_lose_no_work(tmp_path):
