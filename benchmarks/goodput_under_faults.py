@@ -1,6 +1,6 @@
 """Goodput of a 2-node tiny CPT on a real local Slurm cluster while ranks keep dying, next to a clean run.
 
-    python benchmarks/goodput_under_faults.py [--steps 2400] [--every-steps 100] [--fault-every-s 60]
+    python benchmarks/goodput_under_faults.py [--steps 2000] [--every-steps 100] [--fault-every-s 60]
                                               [--seed 0] [--skip-clean] [--keep DIR]
 
 Starts a LocalSlurmCluster (tests/slurm_cluster.py: 3 nodes, root only) in a temporary folder,
@@ -12,8 +12,9 @@ tests/integration/test_faults_slurm.py finds it. Nothing else is touched: srun e
 after_job requeues, the next attempt resumes from the newest checkpoint, until the stage is done.
 Then prints both runs' goodput (monitoring/goodput.py) side by side and one line per fault.
 
-Sizing: a tiny step is ~0.1 s here (2 ranks sharing 2 cores), so 2400 steps are ~4 minutes of
-step time; each run takes ~5 minutes clean, more with faults. Time limits are set far away
+Sizing: a tiny step is ~0.13 s on the 2-core test VM under Slurm (2 ranks and their meters sharing
+2 cores; ~0.08 s when nothing else runs), so 2000 steps are ~4 minutes of step time: the clean run
+takes ~5 minutes, the run with faults ~10, the whole benchmark ~17. Time limits are set far away
 (time_limit_min=60) so that only the injected faults interrupt. The cluster is stopped, by PID,
 on every exit path (errors and SIGTERM included). Exit 0 when both runs finished, 1 otherwise.
 """
@@ -41,7 +42,7 @@ from monitoring import goodput  # noqa: E402
 from tests.integration.e2e import SUBMIT, env_extra, records  # noqa: E402
 from tests.slurm_cluster import LocalSlurmCluster  # noqa: E402
 
-SECONDS_PER_STEP_GUESS = 0.15  # only for the time-outs: measured ~0.08-0.14 s on the 2-core test VM
+SECONDS_PER_STEP_GUESS = 0.15  # only for the time-outs: measured 0.08-0.16 s on the 2-core test VM
 FINISHED_ACTIONS = ("done", "stop")
 
 
@@ -202,7 +203,9 @@ def side_by_side(runs: Dict[str, goodput.StageGoodput]) -> List[str]:
     return lines
 
 
-def fault_lines(stage: goodput.StageGoodput, faults: List[Fault]) -> List[str]:
+def fault_lines(stage: goodput.StageGoodput, faults: List[Fault], ledger_records: List[dict]) -> List[str]:
+    """One line per fault; the gap is split at after_job's job_end: before it, srun noticing the dead
+    rank and the batch script's teardown; after it, Slurm's requeue, the queue and the next launch."""
     by_attempt = {a.attempt: a for a in stage.attempts}
     lines = []
     for f in faults:
@@ -212,17 +215,23 @@ def fault_lines(stage: goodput.StageGoodput, faults: List[Fault]) -> List[str]:
             continue
         nxt = next((b for b in stage.attempts if b.attempt > a.attempt), None)
         startup = nxt.startup_s if nxt is not None else None
+        verdict = next((r["time"] for r in ledger_records if r.get("event") == "job_end" and r.get("exit_code")
+                        is not None and r["time"] >= a.end and (nxt is None or r["time"] <= nxt.start)), None)
+        split = ""
+        if verdict is not None and nxt is not None:
+            split = (f" ({verdict - a.end:.1f} s to after_job's verdict + {nxt.start - verdict:.1f} s requeue "
+                     "and launch)")
         lines.append(
             f"  fault {f.number}: rank {f.rank} killed at step {f.step} (attempt {a.attempt}, "
             f"{f.time - a.start:.0f} s into it) -> ended {a.end_class}; redone {a.redone_steps} steps "
-            f"({_f(a.redone_s)} s); recovery {_f(a.recovery_after_s)} s = gap {_f(a.gap_after_s)} s "
-            f"(detection, requeue, queue, launch) + start-up {_f(startup)} s")
+            f"({_f(a.redone_s)} s); recovery {_f(a.recovery_after_s)} s = gap {_f(a.gap_after_s)} s{split} "
+            f"+ start-up {_f(startup)} s")
     return lines
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2400, help="train.max_steps of both runs")
+    parser.add_argument("--steps", type=int, default=2000, help="train.max_steps of both runs")
     parser.add_argument("--every-steps", type=int, default=100, help="checkpoint.every_steps of both runs")
     parser.add_argument("--fault-every-s", type=float, default=60.0, help="seconds of training between faults")
     parser.add_argument("--seed", type=int, default=0, help="which rank dies each time")
@@ -264,7 +273,7 @@ def main(argv=None) -> int:
           f"{args.every_steps}; benchmark wall time {time.time() - t_start:.0f} s)")
     print("\n".join(side_by_side(results)))
     print(f"\nfaults ({len(injector.faults)}):")
-    print("\n".join(fault_lines(results["faults"], injector.faults)))
+    print("\n".join(fault_lines(results["faults"], injector.faults, records(stages["faults"] / "ledger.jsonl"))))
     outcome = {name: (finished(stage) or {}).get("action") for name, stage in stages.items()}
     if args.keep is not None:
         for name, s in results.items():

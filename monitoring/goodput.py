@@ -9,10 +9,11 @@ Read from the run directory alone (torch-free, like all of monitoring/):
     config.yaml     checkpoint.every_steps, train.max_steps, train.log_every
 
 Per attempt (one `attempt_start`):
-- start: when rank 0's process started, where attempt_end gives it (saul/train/loop.py counts
-  time_to_first_step_s from the process start: first step's end - that = process start); else,
-  for an attempt killed without attempt_end, its attempt_start (written after imports and the
-  process-group init, so that launch time falls into the gap before it).
+- start: when rank 0's process started (saul/train/loop.py counts attempt_end's
+  time_to_first_step_s from it: first step's end - that = process start) when every attempt of
+  the stage has it; else attempt_start for all (an attempt killed without attempt_end cannot be
+  dated otherwise, and start-ups from two different moments would not compare). attempt_start
+  comes after imports and the process-group init, which then fall into the gap before it.
 - wall time: start -> attempt_end; an attempt killed without attempt_end ends at its last own
   record (step, checkpoint): what came after is invisible and counts as downtime.
 - steps: every logged step record covers itself and the unlogged steps since the previous record
@@ -74,7 +75,7 @@ class AttemptGoodput:
     checkpoint_s: float = 0.0
     startup_s: Optional[float] = None  # start -> first step begins; None: it never stepped
     gap_after_s: Optional[float] = None  # -> the next attempt's start; None for the last attempt
-    from_process_start: bool = False  # `start` is the process start (else attempt_start)
+    from_process_start: bool = False  # `start` is rank 0's process start (else attempt_start)
     recovery_after_s: Optional[float] = None  # gap after + the next attempt's start-up
     points: List[Tuple[float, int]] = field(default_factory=list, repr=False)  # (time, step) of its records
     checkpoint_points: List[Tuple[float, int]] = field(default_factory=list, repr=False)
@@ -296,14 +297,18 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
     steps = _step_records(metrics)
     checkpoints = _checkpoint_records(metrics)
     order = sorted(starts, key=lambda n: (starts[n]["time"], n))
+    resumed = {n: _step_start(n, ends.get(n), steps.get(n, []), checkpoints) for n in order}
+    launched = {n: _process_start(starts[n], ends.get(n), steps.get(n, []), resumed[n][0]) for n in order}
+    # One clock for every attempt: a killed attempt has no attempt_end to date its process start, and
+    # start-ups measured from two different moments would not compare. Mixed: attempt_start for all.
+    use_process_start = all(v is not None for v in launched.values())
     for i, n in enumerate(order):
         start, end = starts[n], ends.get(n)
         next_start = starts[order[i + 1]]["time"] if i + 1 < len(order) else math.inf
         mine = steps.get(n, [])
         saves = [c for c in checkpoints if c["attempt"] == n]
-        step_start = _step_start(n, end, mine, checkpoints, result.notes)
-        launched = _process_start(start, end, mine, step_start)
-        begin = start["time"] if launched is None else launched
+        step_start = resumed[n][0]
+        begin = launched[n] if use_process_start else start["time"]
         if end is not None:
             finish, closed = end["time"], True
         else:
@@ -316,7 +321,7 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
             step_start=step_start, step_end=step_end,
             end_class=_end_class(start, end, (start["time"], next_start), records, i + 1 == len(order)),
             checkpoints=len(saves), checkpoint_s=sum(c["seconds"] for c in saves),
-            startup_s=_startup(begin, end, mine, saves, step_start), from_process_start=launched is not None,
+            startup_s=_startup(begin, end, mine, saves, step_start), from_process_start=use_process_start,
             points=[(m["time"], int(m["step"])) for m in mine],
             checkpoint_points=[(c["time"], int(c["step"])) for c in saves]))
     _split_productive_and_redone(result.attempts, steps)
@@ -324,10 +329,18 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
         a.gap_after_s = max(0.0, nxt.start - a.end)
         if nxt.startup_s is not None:
             a.recovery_after_s = a.gap_after_s + nxt.startup_s
-    guessed = [a.attempt for a in result.attempts if not a.from_process_start]
-    if guessed and len(guessed) < len(result.attempts):
-        result.notes.append(f"attempt(s) {', '.join(map(str, guessed))} start at attempt_start (no attempt_end to "
-                            "date the process start): their launch counts in the gap before them")
+    inferred = [(n, resumed[n][0]) for n in order if resumed[n][1]]
+    if inferred:
+        result.notes.append(
+            f"attempt(s) {', '.join(str(n) for n, _ in inferred)} have no attempt_end: each resumed from the newest "
+            f"checkpoint an earlier attempt saved (step(s) {', '.join(str(s) for _, s in inferred)}), as the loader "
+            "picks it")
+    dated = {n: starts[n]["time"] - t for n, t in launched.items() if t is not None}
+    if dated and not use_process_start:
+        result.notes.append(
+            f"rank 0's process start is known for attempt(s) {', '.join(map(str, dated))} only (attempt_end's "
+            f"time_to_first_step_s): every attempt starts at its attempt_start, so the launch before it (imports, "
+            f"process-group init: {sum(dated.values()) / len(dated):.1f} s on average where known) counts in the gaps")
     logged = sum(a.steps for a in result.attempts)
     if logged and result.measured_steps < logged:
         result.notes.append(
@@ -341,19 +354,15 @@ def _config_int(config: dict, section: str, key: str) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _step_start(attempt: int, end: Optional[dict], mine: List[dict], checkpoints: List[dict],
-                notes: List[str]) -> int:
-    """The step the attempt resumed from: its attempt_end says so; a killed attempt resumed from
-    the newest checkpoint an earlier attempt saved (below its first logged step)."""
+def _step_start(attempt: int, end: Optional[dict], mine: List[dict], checkpoints: List[dict]) -> Tuple[int, bool]:
+    """(the step the attempt resumed from, inferred?): its attempt_end says so; a killed attempt resumed
+    from the newest checkpoint an earlier attempt saved (below its first logged step)."""
     if end is not None and isinstance(end.get("step_start"), int):
-        return end["step_start"]
+        return end["step_start"], False
     first = int(mine[0]["step"]) if mine else None
     earlier = [int(c["step"]) for c in checkpoints if c["attempt"] < attempt and (first is None or c["step"] < first)]
     step = max(earlier, default=0)
-    if step:
-        notes.append(f"attempt {attempt} has no attempt_end: it resumed from the newest earlier checkpoint "
-                     f"(step {step}), as the loader picks it")
-    return step
+    return step, step > 0
 
 
 def _process_start(start: dict, end: Optional[dict], mine: List[dict], step_start: int) -> Optional[float]:
@@ -368,7 +377,8 @@ def _process_start(start: dict, end: Optional[dict], mine: List[dict], step_star
     return launched if launched <= start["time"] else None
 
 
-def _startup(begin: float, end: Optional[dict], mine: List[dict], saves: List[dict], step_start: int) -> Optional[float]:
+def _startup(begin: float, end: Optional[dict], mine: List[dict], saves: List[dict],
+             step_start: int) -> Optional[float]:
     """Start -> the moment its first step began (the first logged step, minus the unlogged steps
     before it at that step's time and any save among them)."""
     if mine:
@@ -500,6 +510,12 @@ def render(scope: str, stages: Sequence[StageGoodput], figures: Dict[Tuple[str, 
     return "\n".join(md)
 
 
+def _failure_kind(end_class: str) -> str:
+    if end_class in FAILURE_CLASSES:
+        return "yes"
+    return "no (planned)" if end_class in PLANNED_CLASSES else "unknown class"
+
+
 def _stage_section(s: StageGoodput, figure: Optional[str]) -> List[str]:
     md = [f"## {s.run} / {s.stage}", ""] + [f"- {line}" for line in summary_lines(s)] + [""]
     if figure:
@@ -517,7 +533,7 @@ def _stage_section(s: StageGoodput, figure: Optional[str]) -> List[str]:
     losses = s.losses()
     if losses:
         md += _table(["class", "failure", "attempts", "steps redone", "redone s", "recoveries", "mean recovery s"],
-                     [[c.end_class, "yes" if c.end_class in FAILURE_CLASSES else "no (planned)", c.attempts,
+                     [[c.end_class, _failure_kind(c.end_class), c.attempts,
                        c.redone_steps, _s(c.redone_s), c.recoveries,
                        _s(c.recovery_s / c.recoveries if c.recoveries else None)] for c in losses]) + [""]
     else:

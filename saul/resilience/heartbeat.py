@@ -16,15 +16,24 @@ PHASES = ("start", "load", "train", "save", "done")
 
 
 class Heartbeat:
-    def __init__(self, directory: Path, enabled: bool):
+    """Writes at most once per `min_interval_s` within a phase (a file rewrite costs milliseconds on
+    shared filesystems, a step of a small model not much more), and at once on every phase change."""
+
+    def __init__(self, directory: Path, enabled: bool, min_interval_s: float = 1.0):
         self.path = directory / "rank0.json"
         self.enabled = enabled
+        self.min_interval_s = min_interval_s
+        self._last = (None, 0.0)  # (phase, time of the last write)
         if enabled:
             directory.mkdir(parents=True, exist_ok=True)
 
     def beat(self, step: int, phase: str) -> None:
         if not self.enabled:
             return
+        now = time.time()
+        if phase == self._last[0] and now - self._last[1] < self.min_interval_s:
+            return
+        self._last = (phase, now)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps({"step": step, "phase": phase, "time": time.time(), "pid": os.getpid()}))
         os.replace(tmp, self.path)

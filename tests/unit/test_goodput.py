@@ -177,20 +177,30 @@ def test_a_node_failure_without_attempt_end_then_a_crash_then_done(tmp_path):
     assert s.young_s == pytest.approx(math.sqrt(115.0)) and s.young_steps == 21
     assert {c.end_class: (c.redone_steps, c.redone_s) for c in s.losses()} == {
         "node_failure": (7, 3.5), "crash": (4, 2.0)}
-    assert any("attempt 2 has no attempt_end" in n for n in s.notes)
+    assert any("attempt(s) 2 have no attempt_end" in n and "step(s) 10" in n for n in s.notes)
 
 
-def test_the_process_start_from_time_to_first_step_moves_launch_time_from_the_gap_to_start_up(tmp_path):
-    tl = Timeline(tmp_path, "launch")
-    tl.attempt_until(T0, 25, "crash")
-    tl.attempt_until(T0 + 60.0, 40, "done", launch_s=3.0)  # imports and process-group init before attempt_start
+def test_process_starts_date_the_attempts_when_every_attempt_has_one(tmp_path):
+    tl = Timeline(tmp_path, "launch", max_steps=30)
+    tl.attempt_until(T0, 12, "stopped", launch_s=4.0)
+    tl.attempt_until(T0 + 50.0, 30, "done", launch_s=3.0)  # imports and process-group init before attempt_start
     s = stage_of(tl)
     first, second = s.attempts
-    assert not first.from_process_start and first.start == T0  # killed: no attempt_end to date its process
-    assert second.from_process_start and second.start == T0 + 57.0
-    assert (second.startup_s, first.gap_after_s, first.recovery_after_s) == (13.0, 30.5, 43.5)
-    assert s.elapsed_s == 85.0 and s.wall_s == 54.5 and s.ratio_without_gaps == pytest.approx(20 / 54.5)
-    assert any("attempt(s) 1 start at attempt_start" in n for n in s.notes)
+    assert first.from_process_start and second.from_process_start
+    assert (first.start, second.start) == (T0 - 4.0, T0 + 47.0)
+    assert (first.startup_s, second.startup_s, first.gap_after_s, first.recovery_after_s) == (14.0, 13.0, 27.0, 40.0)
+    assert s.elapsed_s == 78.0 and s.wall_s == 51.0
+
+
+def test_one_attempt_without_a_process_start_puts_every_attempt_on_attempt_start(tmp_path):
+    tl = Timeline(tmp_path, "mixed")
+    tl.attempt_until(T0, 25, "crash", launch_s=4.0)  # killed: no attempt_end to date its process
+    tl.attempt_until(T0 + 60.0, 40, "done", launch_s=3.0)
+    s = stage_of(tl)
+    assert [(a.from_process_start, a.start, a.startup_s) for a in s.attempts] == [
+        (False, T0, 10.0), (False, T0 + 60.0, 10.0)]
+    assert s.attempts[0].recovery_after_s == 43.5 and s.elapsed_s == 85.0
+    assert any("process start is known for attempt(s) 2 only" in n and "3.0 s on average" in n for n in s.notes)
 
 
 def test_a_time_to_first_step_counted_from_the_step_loop_leaves_attempt_start_as_the_start(tmp_path):

@@ -1,0 +1,23 @@
+"""Rank 0's heartbeat: rate-limited within a phase, immediate on a phase change."""
+import time
+
+from saul.resilience.heartbeat import Heartbeat, read
+
+
+def test_heartbeat_writes_phase_changes_at_once_and_steps_at_most_once_per_interval(tmp_path):
+    hb = Heartbeat(tmp_path, enabled=True, min_interval_s=0.3)
+    hb.beat(0, "load")
+    assert read(tmp_path)["phase"] == "load"
+    hb.beat(1, "train")
+    hb.beat(2, "train")
+    assert read(tmp_path)["step"] == 1  # within the interval: not rewritten
+    time.sleep(0.35)
+    hb.beat(3, "train")
+    assert read(tmp_path)["step"] == 3
+    hb.beat(3, "save")
+    assert read(tmp_path)["phase"] == "save"
+
+
+def test_disabled_heartbeat_writes_nothing(tmp_path):
+    Heartbeat(tmp_path / "hb", enabled=False).beat(1, "train")
+    assert read(tmp_path / "hb") is None
