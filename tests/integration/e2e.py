@@ -1,7 +1,6 @@
 """Helpers for end-to-end tests: run `jobs/submit.py` as a user would, watch metrics, find ranks."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import psutil
+
+from saul.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
@@ -35,15 +36,8 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def records(path: Path) -> List[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    """Every complete JSON line of a metrics or ledger file (the toolkit's own reader)."""
+    return read_metrics(path)
 
 
 def step_records(metrics: Path) -> List[dict]:
