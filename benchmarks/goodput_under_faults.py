@@ -1,6 +1,6 @@
 """Goodput of a 2-node tiny CPT on a real local Slurm cluster while ranks keep dying, next to a clean run.
 
-    python benchmarks/goodput_under_faults.py [--steps 2000] [--every-steps 100] [--fault-every-s 60]
+    python benchmarks/goodput_under_faults.py [--steps 3200] [--every-steps 100] [--fault-every-s 60]
                                               [--seed 0] [--skip-clean] [--keep DIR]
 
 Starts a LocalSlurmCluster (tests/slurm_cluster.py: 3 nodes, root only) in a temporary folder,
@@ -12,9 +12,9 @@ tests/integration/test_faults_slurm.py finds it. Nothing else is touched: srun e
 after_job requeues, the next attempt resumes from the newest checkpoint, until the stage is done.
 Then prints both runs' goodput (monitoring/goodput.py) side by side and one line per fault.
 
-Sizing: a tiny step is ~0.13 s on the 2-core test VM under Slurm (2 ranks and their meters sharing
-2 cores; ~0.08 s when nothing else runs), so 2000 steps are ~4 minutes of step time: the clean run
-takes ~5 minutes, the run with faults ~10, the whole benchmark ~17. Time limits are set far away
+Sizing: a tiny step took 0.073 s on the quiet 2-core test VM under Slurm (2 ranks and their meters
+sharing 2 cores) and up to 0.13 s while other work ran, so 3200 steps are ~4 minutes of step time
+(up to 7): the clean run takes ~4-7 minutes, the run with faults 2-3 minutes more. Time limits are set far away
 (time_limit_min=60) so that only the injected faults interrupt. The cluster is stopped, by PID,
 on every exit path (errors and SIGTERM included). Exit 0 when both runs finished, 1 otherwise.
 """
@@ -188,6 +188,7 @@ def side_by_side(runs: Dict[str, goodput.StageGoodput]) -> List[str]:
                                                f"({_f(s.redone_s)} s)"),
         ("gaps between attempts s", lambda s: _f(s.gaps_s)),
         ("start-up s (all attempts)", lambda s: _f(sum(a.startup_s or 0.0 for a in s.attempts))),
+        ("mean launch before attempt_start s", lambda s: _f(s.mean_launch_s)),
         ("mean recovery after failure s", lambda s: _f(s.mean_recovery_s)),
         ("observed MTBF s", lambda s: _f(s.mtbf_s)),
         ("mean checkpoint save s", lambda s: _f(s.mean_checkpoint_s, 3)),
@@ -231,7 +232,7 @@ def fault_lines(stage: goodput.StageGoodput, faults: List[Fault], ledger_records
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2000, help="train.max_steps of both runs")
+    parser.add_argument("--steps", type=int, default=3200, help="train.max_steps of both runs")
     parser.add_argument("--every-steps", type=int, default=100, help="checkpoint.every_steps of both runs")
     parser.add_argument("--fault-every-s", type=float, default=60.0, help="seconds of training between faults")
     parser.add_argument("--seed", type=int, default=0, help="which rank dies each time")

@@ -9,26 +9,25 @@ Read from the run directory alone (torch-free, like all of monitoring/):
     config.yaml     checkpoint.every_steps, train.max_steps, train.log_every
 
 Per attempt (one `attempt_start`):
-- start: when rank 0's process started (saul/train/loop.py counts attempt_end's
-  time_to_first_step_s from it: first step's end - that = process start) when every attempt of
-  the stage has it; else attempt_start for all (an attempt killed without attempt_end cannot be
-  dated otherwise, and start-ups from two different moments would not compare). attempt_start
-  comes after imports and the process-group init, which then fall into the gap before it.
-- wall time: start -> attempt_end; an attempt killed without attempt_end ends at its last own
-  record (step, checkpoint): what came after is invisible and counts as downtime.
+- wall time: attempt_start -> attempt_end; an attempt killed without attempt_end ends at its last
+  own record (step, checkpoint): what came after is invisible and counts as downtime.
+- launch: rank 0's process start -> attempt_start (imports, process-group init), known only from
+  attempt_end (saul/train/loop.py counts its time_to_first_step_s from the process start). A killed
+  attempt has none, so every attempt is timed from its attempt_start, on one clock for all stages
+  and runs, and the launch is reported beside it; it lies in the gap before the attempt.
 - steps: every logged step record covers itself and the unlogged steps since the previous record
   (train.log_every > 1), each at the logged step's step_time_s.
 - redone steps: steps after the step a LATER attempt resumed from; their step time is lost work.
   Productive step time is the step time of every step that was never redone.
-- start-up: start -> the first step begins (imports, model build, checkpoint load, data).
-- gap after: this attempt's end -> the next attempt's start (failure detection, teardown, requeue,
-  queue wait). Recovery after an attempt = gap after + the next start-up.
+- start-up: attempt_start -> the first step begins (model build, checkpoint load, data).
+- gap after: this attempt's end -> the next attempt_start (failure detection, teardown, requeue,
+  queue wait, launch). Recovery after an attempt = gap after + the next start-up.
 - end class: job_end's class when the requeue path wrote one (crash, hang, node_failure, lost,
   stopped, done, user_error), else attempt_end's exit code, else `killed` (a later attempt
   exists) or `unfinished` (the last attempt: still running, or never followed).
 
 Stage totals: effective training time ratio = productive step time / elapsed time from the first
-attempt's start to the last attempt's end, and / the attempts' wall time alone (the gaps taken out);
+attempt_start to the last attempt's end, and / the attempts' wall time alone (the gaps taken out);
 observed MTBF = attempts' wall time / failures (planned stops are no failures); Young's optimal
 checkpoint interval T = sqrt(2 x mean checkpoint save cost x MTBF), in seconds and in steps of the
 mean step time, beside the configured checkpoint.every_steps.
@@ -60,7 +59,7 @@ class AttemptGoodput:
 
     attempt: int
     job_id: str
-    start: float  # rank 0's process start when known, else attempt_start
+    start: float  # attempt_start
     end: float
     closed: bool  # ended with its own attempt_end; else `end` is its last record
     step_start: int  # the step it resumed from
@@ -73,9 +72,9 @@ class AttemptGoodput:
     measured_steps: int = 0  # steps with a record of their own (the rest borrow a neighbour's time)
     checkpoints: int = 0
     checkpoint_s: float = 0.0
-    startup_s: Optional[float] = None  # start -> first step begins; None: it never stepped
-    gap_after_s: Optional[float] = None  # -> the next attempt's start; None for the last attempt
-    from_process_start: bool = False  # `start` is rank 0's process start (else attempt_start)
+    startup_s: Optional[float] = None  # attempt_start -> first step begins; None: it never stepped
+    gap_after_s: Optional[float] = None  # -> the next attempt_start; None for the last attempt
+    launch_s: Optional[float] = None  # rank 0's process start -> attempt_start; None: no attempt_end
     recovery_after_s: Optional[float] = None  # gap after + the next attempt's start-up
     points: List[Tuple[float, int]] = field(default_factory=list, repr=False)  # (time, step) of its records
     checkpoint_points: List[Tuple[float, int]] = field(default_factory=list, repr=False)
@@ -141,7 +140,7 @@ class StageGoodput:
 
     @property
     def elapsed_s(self) -> float:
-        """First attempt's start -> last attempt's end."""
+        """First attempt_start -> last attempt's end."""
         return self.wall_s + self.gaps_s
 
     @property
@@ -230,6 +229,11 @@ class StageGoodput:
         return c / interval_s + interval_s / (2.0 * m)
 
     @property
+    def mean_launch_s(self) -> Optional[float]:
+        known = [a.launch_s for a in self.attempts if a.launch_s is not None]
+        return sum(known) / len(known) if known else None
+
+    @property
     def measured_steps(self) -> int:
         return sum(a.measured_steps for a in self.attempts)
 
@@ -298,17 +302,12 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
     checkpoints = _checkpoint_records(metrics)
     order = sorted(starts, key=lambda n: (starts[n]["time"], n))
     resumed = {n: _step_start(n, ends.get(n), steps.get(n, []), checkpoints) for n in order}
-    launched = {n: _process_start(starts[n], ends.get(n), steps.get(n, []), resumed[n][0]) for n in order}
-    # One clock for every attempt: a killed attempt has no attempt_end to date its process start, and
-    # start-ups measured from two different moments would not compare. Mixed: attempt_start for all.
-    use_process_start = all(v is not None for v in launched.values())
     for i, n in enumerate(order):
         start, end = starts[n], ends.get(n)
         next_start = starts[order[i + 1]]["time"] if i + 1 < len(order) else math.inf
         mine = steps.get(n, [])
         saves = [c for c in checkpoints if c["attempt"] == n]
         step_start = resumed[n][0]
-        begin = launched[n] if use_process_start else start["time"]
         if end is not None:
             finish, closed = end["time"], True
         else:
@@ -317,11 +316,12 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
         step_end = max([step_start] + [int(m["step"]) for m in mine]
                        + ([int(end["step_end"])] if end is not None and _number(end.get("step_end")) else []))
         result.attempts.append(AttemptGoodput(
-            attempt=n, job_id=str(start.get("job_id", "")), start=begin, end=finish, closed=closed,
+            attempt=n, job_id=str(start.get("job_id", "")), start=start["time"], end=finish, closed=closed,
             step_start=step_start, step_end=step_end,
             end_class=_end_class(start, end, (start["time"], next_start), records, i + 1 == len(order)),
             checkpoints=len(saves), checkpoint_s=sum(c["seconds"] for c in saves),
-            startup_s=_startup(begin, end, mine, saves, step_start), from_process_start=use_process_start,
+            startup_s=_startup(start["time"], end, mine, saves, step_start),
+            launch_s=_launch(start, end, mine, step_start),
             points=[(m["time"], int(m["step"])) for m in mine],
             checkpoint_points=[(c["time"], int(c["step"])) for c in saves]))
     _split_productive_and_redone(result.attempts, steps)
@@ -335,12 +335,12 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
             f"attempt(s) {', '.join(str(n) for n, _ in inferred)} have no attempt_end: each resumed from the newest "
             f"checkpoint an earlier attempt saved (step(s) {', '.join(str(s) for _, s in inferred)}), as the loader "
             "picks it")
-    dated = {n: starts[n]["time"] - t for n, t in launched.items() if t is not None}
-    if dated and not use_process_start:
+    dated = [a for a in result.attempts if a.launch_s is not None]
+    if dated:
         result.notes.append(
-            f"rank 0's process start is known for attempt(s) {', '.join(map(str, dated))} only (attempt_end's "
-            f"time_to_first_step_s): every attempt starts at its attempt_start, so the launch before it (imports, "
-            f"process-group init: {sum(dated.values()) / len(dated):.1f} s on average where known) counts in the gaps")
+            f"launch before attempt_start (imports, process-group init), known from attempt_end for attempt(s) "
+            f"{', '.join(str(a.attempt) for a in dated)}: {result.mean_launch_s:.1f} s on average; it counts in the "
+            "gap before the attempt (the first attempt's launch precedes the elapsed time)")
     logged = sum(a.steps for a in result.attempts)
     if logged and result.measured_steps < logged:
         result.notes.append(
@@ -365,16 +365,16 @@ def _step_start(attempt: int, end: Optional[dict], mine: List[dict], checkpoints
     return step, step > 0
 
 
-def _process_start(start: dict, end: Optional[dict], mine: List[dict], step_start: int) -> Optional[float]:
-    """Rank 0's process start: its first step's end minus attempt_end's time_to_first_step_s. None
-    without attempt_end, and for a record from before loop.py counted from the process start (it
-    counted from the step loop then, which gives a time after attempt_start)."""
+def _launch(start: dict, end: Optional[dict], mine: List[dict], step_start: int) -> Optional[float]:
+    """Rank 0's process start -> attempt_start: the process start is its first step's end minus
+    attempt_end's time_to_first_step_s. None without attempt_end, and for a record from before
+    loop.py counted from the process start (it counted from the step loop then: after attempt_start)."""
     if end is None or not mine or not _number(end.get("time_to_first_step_s")):
         return None
     first = mine[0]
     first_step_done = first["time"] - first["step_time_s"] * (first["step"] - step_start - 1)
-    launched = first_step_done - end["time_to_first_step_s"]
-    return launched if launched <= start["time"] else None
+    launch = start["time"] - (first_step_done - end["time_to_first_step_s"])
+    return launch if launch >= 0 else None
 
 
 def _startup(begin: float, end: Optional[dict], mine: List[dict], saves: List[dict],
@@ -498,11 +498,10 @@ def render(scope: str, stages: Sequence[StageGoodput], figures: Dict[Tuple[str, 
           f"Generated {_when(time.time())} UTC by `monitoring/report.py kind=goodput` from each stage's ledger, "
           "metrics and config. Times are UTC; durations in seconds.", "",
           "Productive step time counts every step that was never redone; a step after the checkpoint the next "
-          "attempt resumed from is redone (lost work). An attempt starts when rank 0's process starts (from "
-          "attempt_end's time_to_first_step_s; attempt_start for an attempt killed without attempt_end) and its "
-          "start-up runs to the first step. The gap after an attempt runs from its end (its last record when it "
-          "was killed) to the next attempt's start: failure detection, requeue and queue wait. "
-          "Recovery = gap + the next start-up.", ""]
+          "attempt resumed from is redone (lost work). Start-up runs from attempt_start to the first step; the "
+          "gap after an attempt runs from its end (its last record when it was killed) to the next attempt_start: "
+          "failure detection, requeue, queue wait and launch (process start to attempt_start, shown where "
+          "attempt_end dates it). Recovery = gap + the next start-up.", ""]
     if not stages:
         return "\n".join(md + ["**No training attempts**: no stage has an attempt_start in its ledger.", ""])
     for s in stages:
@@ -540,10 +539,11 @@ def _stage_section(s: StageGoodput, figure: Optional[str]) -> List[str]:
         md += ["Every attempt ran to the end: nothing lost, nothing recovered.", ""]
     md += ["### Attempts", ""]
     md += _table(["attempt", "job", "start", "steps", "ended", "wall s", "productive s", "redone steps", "redone s",
-                  "saves (s)", "start-up s", "gap after s", "recovery after s"],
+                  "saves (s)", "launch s", "start-up s", "gap after s", "recovery after s"],
                  [[a.attempt, a.job_id, _when(a.start), f"{a.step_start}→{a.step_end}",
                    a.end_class + ("" if a.closed else " (no attempt_end)"), _s(a.wall_s), _s(a.productive_s),
-                   a.redone_steps, _s(a.redone_s), f"{a.checkpoints} ({_s(a.checkpoint_s, 2)})", _s(a.startup_s),
+                   a.redone_steps, _s(a.redone_s), f"{a.checkpoints} ({_s(a.checkpoint_s, 2)})", _s(a.launch_s),
+                   _s(a.startup_s),
                    _s(a.gap_after_s), _s(a.recovery_after_s)] for a in s.attempts]) + [""]
     if s.notes:
         md += ["### Notes", ""] + [f"- {n}" for n in s.notes] + [""]

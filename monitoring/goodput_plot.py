@@ -66,9 +66,14 @@ def progress_vs_wall_time(stage: StageGoodput, path: Path) -> Optional[Path]:
             ax.axvspan(x(a.end), x(nxt.start), color=GAP_SHADE, lw=0, zorder=0)
         trajectory = ([(first_step_at, a.step_start)] if a.startup_s is not None else []) + list(a.points)
         kept, redone = _split_at(trajectory, a.redone_after_step)
-        for line, colour in ((kept, PRODUCTIVE), (redone, REDONE)):
+        for line, colour, width in ((kept, PRODUCTIVE, 1.6), (redone, REDONE, 2.8)):
             if len(line) > 1:
-                ax.plot([x(t) for t, _ in line], [s for _, s in line], color=colour, lw=1.6, zorder=2)
+                ax.plot([x(t) for t, _ in line], [s for _, s in line], color=colour, lw=width, zorder=2)
+        if redone and nxt is not None and nxt.startup_s is not None:
+            # The rollback: from the last step reached to the step the next attempt resumed from, where
+            # it resumed. At a campaign's scale the redone stretch itself can be a few pixels long.
+            ax.plot([x(redone[-1][0]), x(nxt.start + nxt.startup_s)], [redone[-1][1], nxt.step_start],
+                    color=REDONE, lw=1, ls=":", zorder=2)
         if a.checkpoint_points:
             ax.scatter([x(t) for t, _ in a.checkpoint_points], [s for _, s in a.checkpoint_points],
                        marker="|", s=60, color="0.25", zorder=3)
@@ -89,7 +94,8 @@ def progress_vs_wall_time(stage: StageGoodput, path: Path) -> Optional[Path]:
                  f"effective training time {ratio}", fontsize=10)
     ax.legend(handles=[
         Line2D([], [], color=PRODUCTIVE, lw=1.6, label="productive steps"),
-        Line2D([], [], color=REDONE, lw=1.6, label="redone later (lost work)"),
+        Line2D([], [], color=REDONE, lw=2.8, label="redone later (lost work)"),
+        Line2D([], [], color=REDONE, lw=1, ls=":", label="rollback to the resumed checkpoint"),
         Line2D([], [], color="0.25", marker="|", ls="", markersize=9, label="checkpoint saved"),
         Line2D([], [], color=FAILURE, marker="X", ls="", label="failure (class)"),
         Line2D([], [], color=PLANNED, marker="o", ls="", label="planned stop"),

@@ -85,6 +85,7 @@ class StageTask:
         return {"exit_code": exit_codes.DONE, "reason": "dataset prepared", "step": 0}
 
     def _train(self, cfg, rundir: RunDir) -> dict:
+        import psutil
         import torch
 
         from saul.train.checkpoint import CheckpointMismatch
@@ -114,6 +115,7 @@ class StageTask:
                 ledger.append(rundir.ledger, {
                     "event": "attempt_start", "attempt": attempt, "job_id": info.job_id, "world_size": info.world_size,
                     "nodes": info.num_nodes, "host": socket.gethostname(), "pid": os.getpid(),
+                    "process_start": psutil.Process().create_time(),  # launch cost, even if killed later
                 })
             say(f"{cfg.stage} attempt {attempt}: {info.world_size} ranks on {info.num_nodes} node(s), "
                 f"{cfg.parallel}, device {device}, {threads} CPU threads per rank")

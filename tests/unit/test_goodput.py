@@ -180,34 +180,24 @@ def test_a_node_failure_without_attempt_end_then_a_crash_then_done(tmp_path):
     assert any("attempt(s) 2 have no attempt_end" in n and "step(s) 10" in n for n in s.notes)
 
 
-def test_process_starts_date_the_attempts_when_every_attempt_has_one(tmp_path):
-    tl = Timeline(tmp_path, "launch", max_steps=30)
-    tl.attempt_until(T0, 12, "stopped", launch_s=4.0)
-    tl.attempt_until(T0 + 50.0, 30, "done", launch_s=3.0)  # imports and process-group init before attempt_start
+def test_the_launch_before_attempt_start_is_reported_where_attempt_end_dates_the_process(tmp_path):
+    tl = Timeline(tmp_path, "launch")
+    tl.attempt_until(T0, 25, "crash", launch_s=4.0)  # killed: no attempt_end to date its process
+    tl.attempt_until(T0 + 60.0, 40, "done", launch_s=3.0)  # imports and process-group init before attempt_start
     s = stage_of(tl)
     first, second = s.attempts
-    assert first.from_process_start and second.from_process_start
-    assert (first.start, second.start) == (T0 - 4.0, T0 + 47.0)
-    assert (first.startup_s, second.startup_s, first.gap_after_s, first.recovery_after_s) == (14.0, 13.0, 27.0, 40.0)
-    assert s.elapsed_s == 78.0 and s.wall_s == 51.0
+    assert (first.launch_s, second.launch_s) == (None, 3.0) and s.mean_launch_s == 3.0
+    # Every attempt on the attempt_start clock: the launch stays in the gap, the recovery is the same.
+    assert (first.start, second.start, second.startup_s) == (T0, T0 + 60.0, 10.0)
+    assert first.gap_after_s == 33.5 and first.recovery_after_s == 43.5 and s.elapsed_s == 85.0
+    assert any("known from attempt_end for attempt(s) 2: 3.0 s on average" in n for n in s.notes)
 
 
-def test_one_attempt_without_a_process_start_puts_every_attempt_on_attempt_start(tmp_path):
-    tl = Timeline(tmp_path, "mixed")
-    tl.attempt_until(T0, 25, "crash", launch_s=4.0)  # killed: no attempt_end to date its process
-    tl.attempt_until(T0 + 60.0, 40, "done", launch_s=3.0)
-    s = stage_of(tl)
-    assert [(a.from_process_start, a.start, a.startup_s) for a in s.attempts] == [
-        (False, T0, 10.0), (False, T0 + 60.0, 10.0)]
-    assert s.attempts[0].recovery_after_s == 43.5 and s.elapsed_s == 85.0
-    assert any("process start is known for attempt(s) 2 only" in n and "3.0 s on average" in n for n in s.notes)
-
-
-def test_a_time_to_first_step_counted_from_the_step_loop_leaves_attempt_start_as_the_start(tmp_path):
+def test_a_time_to_first_step_counted_from_the_step_loop_dates_no_launch(tmp_path):
     tl = Timeline(tmp_path, "oldloop")
-    tl.attempt_until(T0, 40, "done", first_step_from="loop")
+    tl.attempt_until(T0, 40, "done", first_step_from="loop")  # loop.py before it counted from the process start
     (a,) = stage_of(tl).attempts
-    assert not a.from_process_start and a.start == T0 and a.startup_s == STARTUP_S
+    assert a.launch_s is None and a.start == T0 and a.startup_s == STARTUP_S
 
 
 def test_planned_stops_are_no_failures_and_lose_no_work(tmp_path):
