@@ -556,7 +556,7 @@ def generate_sample(out: Path) -> None:
         build_campaign(Path(tmp), Path(scratch))
         (Path(tmp) / "sacct-export.txt").write_text(SACCT_EXPORT)
         os.chdir(tmp)
-        code = report.main(["runs_root=runs", "sacct=sacct-export.txt", f"out={out}", "format=csv", "country=FRA"])
+        code = report.main(["runs_root=runs", "sacct=sacct-export.txt", f"out={out}", "format=csv", "country=FRA", "kind=energy"])
     raise SystemExit(code)
 
 
