@@ -21,8 +21,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from monitoring.goodput import StageGoodput  # noqa: E402
+from monitoring.plots import save_figure  # noqa: E402
 
-DPI = 100
 PRODUCTIVE, REDONE, FAILURE, PLANNED = "tab:blue", "tab:red", "black", "tab:green"
 STARTUP_SHADE, GAP_SHADE = "#fde9c8", "0.85"
 
@@ -105,10 +105,4 @@ def progress_vs_wall_time(stage: StageGoodput, path: Path) -> Optional[Path]:
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -29,7 +29,8 @@ def _stage_colours(stages: Sequence[str]) -> dict:
     return {stage: palette[i % len(palette)] for i, stage in enumerate(dict.fromkeys(stages))}
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a PNG atomically (temp + rename): a report never links a half-written plot."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -68,7 +69,7 @@ def figure6_mean_power(rows, path: Path, paper_range: bool = True) -> Optional[P
     ax.grid(axis="y", alpha=0.3)
     # Below the axes: a campaign of 1,800 attempts leaves no empty corner for a legend.
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=5, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def energy_per_stage(totals, path: Path) -> Optional[Path]:
@@ -89,7 +90,7 @@ def energy_per_stage(totals, path: Path) -> Optional[Path]:
     ax.set_title("Energy per stage")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def meter_vs_slurm(rows, path: Path) -> Optional[Path]:
@@ -109,4 +110,4 @@ def meter_vs_slurm(rows, path: Path) -> Optional[Path]:
     ax.set_title("Our meter vs Slurm ConsumedEnergy (same step)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=6, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
