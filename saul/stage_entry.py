@@ -48,9 +48,11 @@ class StageTask:
         if "SLURM_LOCALID" in os.environ:  # before torch starts the GPU runtime
             from saul.binding import bind_rank
 
-            bound = bind_rank(cfg.site, int(os.environ["SLURM_LOCALID"]))
-            if bound:
-                print(f"rank {os.environ.get('SLURM_PROCID')} bound to {bound}", flush=True)
+            binding = bind_rank(cfg.site, int(os.environ["SLURM_LOCALID"]))
+            if binding.described:
+                print(f"rank {os.environ.get('SLURM_PROCID')} bound to {binding.described}", flush=True)
+            if binding.cpu_problem and os.environ.get("SLURM_PROCID", "0") == "0":
+                print(f"warning: {binding.cpu_problem}", flush=True)  # said once, by rank 0
         result = self._run(cfg, rundir)
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             # The requeue path after srun reads the exit code (submitit would turn a return into 0);
@@ -99,7 +101,7 @@ class StageTask:
         hf_logging.disable_progress_bar()  # rank logs are files: no progress bars in them
         info = distributed.rank_info()
         say = _sayer(info.rank)
-        device = distributed.device_for(info)
+        device = distributed.device_for(info, cfg.site)  # ConfigError (exit 2) on a GPU site without a GPU
         if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn about guessing it
         # DeepSpeed 0.19 calls collectives torch 2.13 renamed: one warning per call would flood the logs.
@@ -107,7 +109,8 @@ class StageTask:
         threads = distributed.set_cpu_threads(cfg.train.threads_per_rank, info.local_world_size)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        distributed.init_process_group(info, device)
+        distributed.init_process_group(info, device, distributed.collective_timeout_s(cfg.resilience.hang_timeout_s),
+                                       trace_dir=rundir.root / "flight-recorder")
         try:
             attempt = ledger.next_attempt(rundir.ledger) if info.is_main else 0
             attempt = _broadcast_int(attempt)

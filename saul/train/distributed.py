@@ -10,12 +10,17 @@ import datetime as _dt
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-PORT_BASE, PORT_SPAN = 20000, 20000
+from saul.binding import VISIBILITY, is_gpu_site
+from saul.config.errors import ConfigError
+
+# Outside Linux's default ephemeral range (32768-60999), where srun/slurmstepd sockets would collide.
+PORT_BASE, PORT_SPAN = 20000, 12000
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,8 @@ class RankInfo:
 
 
 def port_from_job_id(job_id: str) -> int:
-    """A port every rank derives alone: two jobs sharing a node rarely collide, no rendezvous needed."""
+    """The fallback outside Slurm's batch script, which exports a MASTER_PORT it found free
+    (saul.resilience.rendezvous_port): a port every rank derives alone, below the ephemeral range."""
     digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
     return PORT_BASE + int(digits) % PORT_SPAN
 
@@ -64,30 +70,71 @@ def rank_info(environ=os.environ) -> RankInfo:
     )
 
 
-def device_for(info: RankInfo) -> torch.device:
-    """One rank per GPU device; the launcher already restricted visibility, so index by local rank."""
-    if torch.cuda.is_available():  # ROCm builds answer here too
+def device_for(info: RankInfo, site=None) -> torch.device:
+    """One rank per GPU device; the binding already restricted visibility, so index by local rank.
+
+    On a GPU site a rank that sees no device stops (exit 2): training 8x22B on a CPU would
+    only burn the allocation."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:  # ROCm builds answer here too
         count = torch.cuda.device_count()
         device = torch.device("cuda", info.local_rank % count)
         torch.cuda.set_device(device)
         return device
+    if site is not None and is_gpu_site(site):
+        var = VISIBILITY[site.gpu_vendor]
+        runtime = "ROCm" if site.gpu_vendor == "amd" else "CUDA"
+        build = torch.version.hip or torch.version.cuda
+        raise ConfigError(
+            f"rank {info.rank} (local rank {info.local_rank} on {info.hostname}) sees no GPU on site '{site.name}' "
+            f"({site.gpus_per_node} {site.gpu_vendor} devices per node; {var}={os.environ.get(var, '<unset>')}, "
+            f"torch {torch.__version__} built {'for ' + runtime + ' ' + build if build else 'without GPU support'}): "
+            f"request the node's GPUs (--gpus-per-node / --gres), run the container with "
+            f"site.container.gpu_flag={'--rocm' if site.gpu_vendor == 'amd' else '--nv'} and an image with a {runtime} "
+            f"build of torch, or use a CPU site (site=local)")
     return torch.device("cpu")
 
 
-def init_process_group(info: RankInfo, device: torch.device, timeout_s: int = 600) -> None:
-    """Export the torch.distributed variables (DeepSpeed reads them too) and join the group."""
+def backend_for(device: torch.device) -> str:
+    """One backend per device type: CPU tensors (stop vote, broadcasts, object collectives) go over
+    gloo even on GPUs, device tensors over NCCL (RCCL on ROCm builds: torch calls it nccl too)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "cpu:gloo"
+
+
+COLLECTIVE_MARGIN_S = 120.0
+# The flight recorder's dump file prefix: the current name and the older one torch still reads.
+TRACE_FILE_VARS = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
+
+
+def collective_timeout_s(hang_timeout_s: float) -> float:
+    """Longer than the hang watchdog's limit (plus its stack dump and kill): a hung collective is
+    found by the watchdog, which dumps every rank's stacks, before torch aborts it as a crash."""
+    return float(hang_timeout_s) + max(COLLECTIVE_MARGIN_S, 0.1 * float(hang_timeout_s))
+
+
+def init_process_group(info: RankInfo, device: torch.device, timeout_s: float = 1020.0,
+                       trace_dir: Optional[Path] = None) -> str:
+    """Export the torch.distributed variables (DeepSpeed reads them too) and join the group.
+
+    `trace_dir`: where NCCL/RCCL's flight recorder dumps on a timeout or error (the site file
+    turns the recorder on); a value the site sets wins. Returns the backend string."""
     os.environ.update(
         RANK=str(info.rank), LOCAL_RANK=str(info.local_rank), WORLD_SIZE=str(info.world_size),
         LOCAL_WORLD_SIZE=str(info.local_world_size), MASTER_ADDR=info.master_addr, MASTER_PORT=str(info.master_port),
     )
+    backend = backend_for(device)
+    if trace_dir is not None and device.type == "cuda":
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        prefix = str(trace_dir / "rank_")  # torch appends the rank
+        for var in TRACE_FILE_VARS:
+            os.environ.setdefault(var, prefix)
     if dist.is_initialized():
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"  # nccl maps to RCCL on ROCm builds
+        return backend
     dist.init_process_group(
         backend=backend, rank=info.rank, world_size=info.world_size,
         timeout=_dt.timedelta(seconds=timeout_s),
         device_id=device if device.type == "cuda" else None,
     )
+    return backend
 
 
 def set_cpu_threads(threads_per_rank: int, local_world_size: int) -> int:
