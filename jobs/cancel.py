@@ -7,7 +7,8 @@ makes them checkpoint and exit 75 when they can within the cluster's KillWait.
 Local stages: send SIGTERM to rank 0 of the newest attempt when it runs on this host: the
 ranks agree on a stop step, checkpoint and exit 75 (run the same submit command to resume).
 
-Exit codes: 0 cancelled, or nothing was live; 1 scancel refused; 2 bad input or unknown run/stage.
+Exit codes: 0 cancelled, or nothing was live; 1 scancel refused or did not answer; 2 bad input or unknown
+run/stage.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import getpass
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import List
@@ -28,6 +28,7 @@ from jobs.run_status import StageStatus  # noqa: E402
 from saul import exit_codes  # noqa: E402
 from saul.config.errors import ConfigError  # noqa: E402
 from saul.resilience import ledger  # noqa: E402
+from saul.slurm_commands import SlurmCommandError, run_slurm  # noqa: E402
 
 OPTIONS = {"--help": False, "-h": False}
 SCANCEL_FAILED = 1
@@ -44,20 +45,24 @@ def who() -> dict:
 
 
 def cancel_slurm(status: StageStatus) -> List[str]:
-    """scancel the stage's live jobs; returns what was done, one line each. Raises RuntimeError if scancel fails."""
+    """Record the cancel, then scancel the stage's live jobs; returns what was done, one line each.
+
+    The `cancelled` records come first: the requeue path (after_job) may run the moment scancel
+    lands, and it must already see that this job is not to be requeued. If scancel refuses or does
+    not answer, `cancel_failed` records withdraw them and RuntimeError says why."""
     live = [j for j in status.live_jobs if j.state not in ENDING_STATES]
     if not live:
         return []
-    result = subprocess.run(["scancel", *[j.job_id for j in live]], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise RuntimeError(f"scancel {' '.join(j.job_id for j in live)} failed: "
-                           f"{(result.stderr or result.stdout).strip() or f'exit code {result.returncode}'}")
     ledger_path = Path(status.path) / "ledger.jsonl"
-    done = []
     for job in live:
         ledger.append(ledger_path, {"event": "cancelled", "job_id": job.job_id, "state": job.state, **who()})
-        done.append(f"cancelled Slurm job {job.job_id} ({job.state}) of run {status.run} stage {status.stage}")
-    return done
+    try:
+        run_slurm(["scancel", *[j.job_id for j in live]])
+    except SlurmCommandError as exc:
+        for job in live:
+            ledger.append(ledger_path, {"event": "cancel_failed", "job_id": job.job_id, "why": str(exc), **who()})
+        raise RuntimeError(str(exc)) from None
+    return [f"cancelled Slurm job {job.job_id} ({job.state}) of run {status.run} stage {status.stage}" for job in live]
 
 
 def cancel_local(status: StageStatus) -> List[str]:
@@ -100,7 +105,7 @@ def main(argv=None) -> int:
     for status in statuses:
         try:
             done += cancel_slurm(status) if status.scheduler == "slurm" else cancel_local(status)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        except (RuntimeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             code = SCANCEL_FAILED
     for line in done:

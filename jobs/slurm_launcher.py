@@ -3,30 +3,37 @@
 Rank layout: one Slurm task per GPU device (per GCD on MI250X: 8 per node), not one task per
 node running torchrun. Slurm then knows every rank (sacct shows them, --kill-on-bad-exit stops
 the step when one dies, the USR2 ahead of the time limit reaches every rank directly) and no
-second launcher has to be kept alive or configured inside the container.
+second launcher has to be kept alive or configured inside the container. Slurm also binds each
+task to the cores next to its device (`--cpu-bind=mask_cpu:...` from the site's map).
 
-The batch script (rendered by submitit) does, once per job on the first node: export the site
-environment, compute MASTER_ADDR (the first node's Slurm NodeAddr) and MASTER_PORT (from the
-job id), start one power meter per node, then `srun` the ranks, then hand the outcome to the
-requeue path (saul.resilience.after_job). Torch is never imported here: the login node stays fast.
+The batch script (rendered by submitit's template) does, once per run of the job on the first
+node: check the host Python the helpers need, export the site environment (every value quoted:
+saul.shell_values), account for a run Slurm ended itself (before_job), compute MASTER_ADDR (the
+first node's Slurm NodeAddr), start one power meter per node and the hang watchdog, pick a free
+MASTER_PORT just before the ranks' step, `srun` the ranks, then hand the outcome to the one
+requeue path (saul.resilience.after_job). Torch is never imported here: the login node stays fast,
+and a dry run renders all of it on a laptop without Slurm.
 """
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from saul.binding import parse_cpu_list
 from saul.config.errors import ConfigError
 from saul.config.sites import REPO_ROOT
 from saul.resilience.node_exclusion import excluded_nodes
 from saul.resilience.watchdog import RANKS_STEP_NAME
 from saul.rundir import RunDir
-from saul.slurm_commands import slurm_output
+from saul.shell_values import NODE_VARIABLE, node_expanded
+from saul.slurm_commands import SlurmCommandError, run_slurm, slurm_output
 
-MASTER_PORT_BASE, MASTER_PORT_SPAN = 20000, 20000
+SBATCH_TIMEOUT_S = 120
+MIN_HOST_PYTHON = (3, 8)  # the batch-script helpers: subprocess text=/capture_output, dataclasses, f-strings
+HOST_PYTHON = '"$SAUL_HOST_PYTHON"'  # how the script's lines call the host Python once it is checked
 
 
 def account_for(site, env=os.environ) -> str:
@@ -41,7 +48,7 @@ def account_for(site, env=os.environ) -> str:
 
 def expand_vars(text: str, env) -> str:
     """$VAR / ${VAR} from `env`; unknown ones stay as they are (and are refused where that matters)."""
-    return re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
+    return NODE_VARIABLE.sub(lambda m: env.get(m.group(0).strip("${}"), m.group(0)), text)
 
 
 def image_path(site, env=os.environ, must_exist: bool = True) -> str:
@@ -55,9 +62,9 @@ def image_path(site, env=os.environ, must_exist: bool = True) -> str:
     if "$" in expanded:
         raise ConfigError(f"site '{site.name}': container image {image} uses an unset variable; export it or set "
                           f"site.container.image=/path/to/image.sif")
-    if must_exist and not Path(expanded).is_file():
-        raise ConfigError(f"site '{site.name}': container image {expanded} does not exist; build it with "
-                          f"containers/build.sh and copy it there, or set site.container.image=")
+    from jobs.container_image import check_image
+
+    check_image(site.name, expanded)  # missing, unreadable, not SIF, other dependency files: refused now
     return expanded
 
 
@@ -72,15 +79,39 @@ def sbatch_extra_parameters(lines) -> Dict[str, object]:
     return out
 
 
+def cpu_masks(site, nproc: int) -> List[str]:
+    """One hex CPU mask per local rank from the site's per-device core lists (`48-55` -> 0xff000000000000)."""
+    masks = []
+    for cpus in list(site.gpu_cpu_bind)[:nproc]:
+        try:
+            masks.append(hex(sum(1 << c for c in set(parse_cpu_list(str(cpus))))))
+        except ValueError:
+            raise ConfigError(f"site.gpu_cpu_bind entry '{cpus}' is not a CPU list like 48-55 or 0-7,16") from None
+    return masks
+
+
+def cpu_bind_args(site, nproc: int) -> List[str]:
+    """Slurm's own binding of each rank to the cores wired to its device (LUMI's documented way).
+    Only when the map covers every local rank; otherwise Slurm's default applies."""
+    masks = cpu_masks(site, nproc)
+    if not masks or len(masks) < nproc:
+        return []
+    return [f"--cpu-bind=mask_cpu:{','.join(masks)}"]
+
+
 def rank_python(cfg, image: str, rundir: RunDir) -> str:
     """The interpreter each rank runs: the host's, or the image's through `apptainer exec`."""
     if not image:
         return shlex.quote(sys.executable)
+    from jobs.container_image import bind_paths
+
     c = cfg.site.container
-    binds = [str(rundir.runs_root), str(REPO_ROOT), *c.binds]
-    parts = [c.runtime, "exec"] + ([c.gpu_flag] if c.gpu_flag else [])
-    # Binds and image stay double-quoted: `$WORKDIR`-style parts expand on the compute node, not here.
-    parts += ["--bind", '"' + ",".join(binds) + '"', '"' + image + '"', "python"]
+    binds = bind_paths(cfg, rundir.runs_root)
+    # The node checks the runtime, the image and every bind source first (containers/exec-in-image.sh: exit 2).
+    parts = ["bash", shlex.quote(str(REPO_ROOT / "containers" / "exec-in-image.sh")), shlex.quote(c.runtime),
+             shlex.quote(c.gpu_flag)]
+    # Binds and image: $VAR / ${VAR} parts expand on the compute node, nothing else (saul.shell_values).
+    parts += [node_expanded(",".join(binds)), node_expanded(image), "python"]
     return " ".join(parts)
 
 
@@ -91,15 +122,16 @@ def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
     if not cfg.energy.enabled:
         return []
     args = " ".join(shlex.quote(a) for a in meter_args(cfg, str(rundir.power)))
+    power = shlex.quote(str(rundir.power))
     meter = (f'{python} -m monitoring.meter {args} --node "$SLURMD_NODENAME" --job "$SLURM_JOB_ID" '
              f'--attempt "${{SLURM_RESTART_COUNT:-0}}" --stop-file "$SAUL_METER_STOP"')
     return [
-        f'export SAUL_METER_STOP="{rundir.power}/.stop-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}"',
-        f"mkdir -p {shlex.quote(str(rundir.power))}",
+        f'export SAUL_METER_STOP={power}/".stop-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}"',
+        f"mkdir -p {power}",
         # --overlap: the meter shares the ranks' CPUs instead of holding one back from them.
         'srun --overlap --job-name=saul-meter --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" '
         '--ntasks-per-node=1 '
-        f'--kill-on-bad-exit=0 --output={shlex.quote(str(rundir.logs))}/meter-%j-%N.out '
+        f'--kill-on-bad-exit=0 --output={shlex.quote(str(rundir.logs) + "/meter-%j-%N.out")} '
         f"bash -c {shlex.quote('exec ' + meter)} &",
         "SAUL_METER_PID=$!",
     ]
@@ -108,9 +140,19 @@ def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
 def watchdog_lines(cfg, rundir: RunDir) -> List[str]:
     r = cfg.resilience
     return [
-        f"python3 -m saul.resilience.watchdog {shlex.quote(str(rundir.root))} --job \"$SLURM_JOB_ID\" "
+        f"{HOST_PYTHON} -m saul.resilience.watchdog {shlex.quote(str(rundir.root))} --job \"$SLURM_JOB_ID\" "
         f"--timeout {r.hang_timeout_s:g} --start-grace {r.start_grace_s:g} &",
         "SAUL_WATCHDOG_PID=$!",
+    ]
+
+
+def port_lines() -> List[str]:
+    """Last before the ranks' srun: a port free on this (the first) node now, outside the ephemeral range,
+    different for each restart of the job (saul.resilience.rendezvous_port). Ranks read MASTER_PORT."""
+    return [
+        f'MASTER_PORT=$({HOST_PYTHON} -m saul.resilience.rendezvous_port --job "$SLURM_JOB_ID" '
+        '--restart "${SLURM_RESTART_COUNT:-0}") || { echo "error: no free rendezvous port on $(hostname)" >&2; exit 1; }',
+        "export MASTER_PORT",
     ]
 
 
@@ -120,39 +162,69 @@ def teardown_lines(cfg, rundir: RunDir) -> List[str]:
              "kill $SAUL_WATCHDOG_PID 2>/dev/null"]
     if cfg.energy.enabled:
         lines += ['touch "$SAUL_METER_STOP"', "wait $SAUL_METER_PID 2>/dev/null"]
+    root = shlex.quote(str(rundir.root))
     lines += [
         # Sites purge their accounting database: keep this job's sacct rows (energy too) in the run directory.
-        f"python3 -m monitoring.accounting capture {shlex.quote(str(rundir.root))} \"$SLURM_JOB_ID\"",
-        f'export SAUL_FAILURE_BUDGET="{cfg.resilience.failure_budget}"',
-        f"python3 -m saul.resilience.after_job {shlex.quote(str(rundir.root))} $saul_rc",
+        f"{HOST_PYTHON} -m monitoring.accounting capture {root} \"$SLURM_JOB_ID\"",
+        f"export SAUL_FAILURE_BUDGET={int(cfg.resilience.failure_budget)}",
+        f"{HOST_PYTHON} -m saul.resilience.after_job {root} $saul_rc",
         "exit $saul_rc",
     ]
     return lines
 
 
+def host_python_lines(site) -> List[str]:
+    """The helpers run on the node's own Python, outside the container: check it once, fail loudly with the fix."""
+    need = "%d.%d" % MIN_HOST_PYTHON
+    newer = f"3.[{MIN_HOST_PYTHON[1]}-9]|3.[1-9][0-9]" if MIN_HOST_PYTHON[1] < 10 else "3.[1-9][0-9]"
+    return [
+        f"SAUL_HOST_PYTHON={shlex.quote(site.host_python)}",
+        'saul_py=$("$SAUL_HOST_PYTHON" -c \'import sys; print("%d.%d" % sys.version_info[:2])\' 2>/dev/null)',
+        f'case "$saul_py" in {newer}) ;; *) echo "error: the job script helpers (requeue, watchdog, accounting) '
+        f'need Python >= {need} on the node, but $SAUL_HOST_PYTHON is ${{saul_py:-missing}}: set '
+        f"site.host_python=/path/to/python{need}+ or load one with site.modules=[python]\" >&2; exit 2;; esac",
+    ]
+
+
+def passthrough_lines(site) -> List[str]:
+    """Variables forwarded by name from the submitting shell (sbatch --export): checked here, never written."""
+    lines = []
+    prefix = f"{site.container.runtime.upper()}ENV_" if site.container.image else ""
+    for name in site.env_passthrough:
+        lines.append(f'[ -n "${{{name}+set}}" ] || {{ echo "error: {name} (site.env_passthrough) is not in the '
+                     f'job\'s environment: export it in the shell that submits" >&2; exit 2; }}')
+        if prefix:  # the container gets it even when it starts with a clean environment
+            lines.append(f'export {prefix}{name}="${name}"')
+    return lines
+
+
 def setup_lines(cfg, rundir: RunDir) -> List[str]:
     site = cfg.site
-    lines = [f"module load {m}" for m in site.modules]
+    lines = [f"module load {shlex.quote(m)}" for m in site.modules]
+    lines += host_python_lines(site)
     env = dict(site.env)
     env.update(site.container.env)
-    env["PYTHONPATH"] = f"{REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"
-    env["SAUL_STAGE_DIR"] = str(rundir.root)
-    env["SAUL_MAX_EXCLUDED_NODES"] = str(cfg.resilience.max_excluded_nodes)
-    for key, value in env.items():
-        lines.append(f'export {key}="{value}"')
+    for key, value in env.items():  # names are identifiers (validated); values: only $VAR/${VAR} expand
+        lines.append(f"export {key}={node_expanded(str(value))}")
+    lines += passthrough_lines(site)
     lines += [
+        f'export PYTHONPATH={shlex.quote(str(REPO_ROOT))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+        f"export SAUL_STAGE_DIR={shlex.quote(str(rundir.root))}",
+        f"export SAUL_MAX_EXCLUDED_NODES={int(cfg.resilience.max_excluded_nodes)}",
         # A previous run of this job that Slurm ended (node failure) is accounted and its node excluded.
-        f"python3 -m saul.resilience.before_job {shlex.quote(str(rundir.root))}; [ $? -eq 3 ] && exit 0",
+        f"{HOST_PYTHON} -m saul.resilience.before_job {shlex.quote(str(rundir.root))}; [ $? -eq 3 ] && exit 0",
         # The first node's address as Slurm knows it (a hostname need not resolve on every cluster).
-        'export MASTER_ADDR=$(scontrol show node "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)" '
-        "| sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')",
-        f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))",
+        'export MASTER_ADDR=$(timeout 60 scontrol show node "$(timeout 60 scontrol show hostnames '
+        '"$SLURM_JOB_NODELIST" | head -n 1)" | sed -n \'s/.*NodeAddr=\\([^ ]*\\).*/\\1/p\')',
     ]
     return lines
 
 
 def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict: bool = True) -> Dict[str, object]:
     site = cfg.site
+    additional: Dict[str, object] = {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)}
+    if site.env_passthrough:  # names only: sbatch takes their values from the submitting environment
+        additional["export"] = ",".join(["ALL", *site.env_passthrough])
     params: Dict[str, object] = {
         "job_name": f"saul-{cfg.run}-{cfg.stage}",
         "nodes": cfg.nodes,
@@ -160,11 +232,13 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         "time": cfg.time_limit_min,
         "signal_delay_s": site.signal_delay_s,
         "stderr_to_stdout": True,
+        "wckey": site.wckey or None,  # submitit would add --wckey=submitit, which wckey-enforcing sites reject
         "setup": (setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir))
-                  + watchdog_lines(cfg, rundir)),
+                  + watchdog_lines(cfg, rundir) + port_lines()),
         "teardown": teardown_lines(cfg, rundir),
-        "srun_args": ["--kill-on-bad-exit=1", "--overlap", f"--job-name={RANKS_STEP_NAME}", *site.srun_extra],
-        "additional_parameters": {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)},
+        "srun_args": ["--kill-on-bad-exit=1", "--overlap", f"--job-name={RANKS_STEP_NAME}",
+                      *cpu_bind_args(site, cfg.nproc), *site.srun_extra],
+        "additional_parameters": additional,
     }
     if site.partition:
         params["partition"] = site.partition
@@ -186,29 +260,73 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
     return params
 
 
-def make_executor(cfg, rundir: RunDir, env=os.environ, strict: bool = True):
-    """strict=False (dry runs): an unset account or a missing image is shown as is instead of refused."""
+# Each rank first says, in its own log, where Slurm placed it (the CPUs it may use, as the kernel
+# reports them, and the --cpu-bind Slurm applied), then becomes the Python process (exec: no extra process).
+BINDING_LOG = ("bash -c 'echo \"binding: rank $SLURM_PROCID node $SLURMD_NODENAME local_rank $SLURM_LOCALID: "
+               "cpus $(sed -n \"s/^Cpus_allowed_list:[[:space:]]*//p\" /proc/self/status) (Slurm --cpu-bind "
+               "${SLURM_CPU_BIND_TYPE:-default}${SLURM_CPU_BIND_LIST:+ $SLURM_CPU_BIND_LIST}), gpus "
+               "${SLURM_STEP_GPUS:-${GPU_DEVICE_ORDINAL:-none}}\"; exec \"$@\"' saul-rank")
+
+
+def rank_launcher(python: str) -> str:
+    """The `python` submitit puts after srun: the binding line, then the rank's interpreter."""
+    return f"{BINDING_LOG} {python}"
+
+
+def rank_command(python: str, folder: Path) -> str:
+    """What every rank runs (the same string submitit's SlurmExecutor builds)."""
+    return " ".join([rank_launcher(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+
+
+def make_executor(cfg, rundir: RunDir, env=os.environ):
+    """submitit's SlurmExecutor with our parameters; its sbatch call has a timeout (saul.slurm_commands)."""
     import submitit
 
-    image = image_path(cfg.site, env, must_exist=strict)
-    executor = submitit.SlurmExecutor(folder=rundir.logs / "slurm", max_num_timeout=10 ** 6,
-                                      python=rank_python(cfg, image, rundir))
-    executor.update_parameters(**executor_parameters(cfg, rundir, image, env, strict))
+    class TimedSlurmExecutor(submitit.SlurmExecutor):
+        def _make_submission_command(self, submission_file_path):
+            # `timeout` ends sbatch (and tells why: exit 124) if the controller does not answer.
+            return ["timeout", "--kill-after=5", str(SBATCH_TIMEOUT_S), "sbatch", str(submission_file_path)]
+
+    image = image_path(cfg.site, env)
+    try:
+        executor = TimedSlurmExecutor(folder=rundir.logs / "slurm", max_num_timeout=10 ** 6,
+                                      python=rank_launcher(rank_python(cfg, image, rundir)))
+    except RuntimeError as exc:  # no srun on PATH: not a Slurm login node
+        raise ConfigError(f"site '{cfg.site.name}' submits to Slurm but {exc}; submit from the cluster's login "
+                          f"node, or add --dry-run to see the batch script here") from None
+    executor.update_parameters(**executor_parameters(cfg, rundir, image, env))
     return executor
 
 
 def render_batch_script(cfg, rundir: RunDir, env=os.environ) -> Tuple[str, str]:
-    """(sbatch script, per-rank command) exactly as a submit would produce them; nothing is written."""
-    executor = make_executor(cfg, rundir, env, strict=False)
-    command = executor._submitit_command_str  # "<python> -u -m submitit.core._submit <folder>"
-    script = executor._make_submission_file_text(command, "UID")
-    return script, command
+    """(sbatch script, per-rank command) exactly as a submit would produce them; nothing is written.
+
+    Works without Slurm installed (a laptop): submitit's template is called directly, without the
+    executor that refuses to exist where there is no `srun`. An unset account or a missing image
+    is shown as is instead of refused."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    image = image_path(cfg.site, env, must_exist=False)
+    command = rank_command(rank_python(cfg, image, rundir), rundir.logs / "slurm")
+    params = executor_parameters(cfg, rundir, image, env, strict=False)
+    return _make_sbatch_string(command=command, folder=rundir.logs / "slurm", **params), command
 
 
 def submit(cfg, rundir: RunDir, task, env=os.environ):
     """Submit `task` (the pickled StageTask); returns the submitit job."""
+    import submitit
+
     executor = make_executor(cfg, rundir, env)
-    return executor.submit(task)
+    try:
+        return executor.submit(task)
+    except submitit.core.utils.FailedJobError as exc:
+        text = str(exc)
+        if "status 124" in text or "status 137" in text:
+            raise SlurmCommandError(f"`sbatch` did not answer within {SBATCH_TIMEOUT_S}s (is slurmctld overloaded "
+                                    f"or down? `scontrol ping` tells); nothing was submitted, or check `squeue --me`"
+                                    ) from None
+        raise SlurmCommandError(f"sbatch refused the job: {text.strip().splitlines()[-1] if text.strip() else text}"
+                                ) from None
 
 
 def live_states() -> Tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-STAGES = ("prepare", "cpt", "anneal")  # ift, dpo, eval arrive with their own issues
+STAGES = ("prepare", "cpt", "anneal", "eval")  # ift, dpo arrive with their own issues
 PARALLEL = ("ddp", "zero3")
 GPU_VENDORS = ("none", "amd", "nvidia")
 SCHEDULERS = ("none", "slurm")
@@ -22,7 +22,7 @@ class ModelConfig:
 
     name: str = "tiny-mixtral"
     path: str = ""  # local HF-format model directory (never a Hub id: no network at run time)
-    init_from_stage: str = ""  # start from <run>/<stage>/final (e.g. anneal from cpt)
+    init_from_stage: str = ""  # a stage name of this run: start from <run>/<stage>/final (e.g. anneal from cpt)
     vocab_size: int = 1000
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -51,6 +51,10 @@ class OptimConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 0
     schedule: str = "cosine"  # cosine | constant | linear
+    # Steps the schedule spans (its horizon). 0 = train.max_steps of the first submit, written into
+    # config.yaml then: a later train.max_steps change moves the end of training, not the LR curve;
+    # steps past the horizon run at min_lr_ratio x lr.
+    schedule_steps: int = 0
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     reset: bool = False  # start with a fresh optimizer even when the previous stage left one (IFT)
@@ -87,6 +91,9 @@ class CheckpointConfig:
     every_steps: int = 100
     keep_last: int = 3
     save_on_stop: bool = True  # checkpoint when a stop signal (time limit, preemption) arrives
+    # final/ is written in safetensors shards of about this size, one module gathered at a time:
+    # no rank ever holds the whole model (8x22B is ~281 GB in bf16)
+    export_shard_gb: float = 5.0
 
 
 @dataclass
@@ -148,8 +155,12 @@ class SiteConfig:
     signal_delay_s: int = 120
     sbatch_extra: List[str] = field(default_factory=list)
     srun_extra: List[str] = field(default_factory=list)
-    env: Dict[str, str] = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)  # values may use $VAR/${VAR} of the node; nothing else expands
+    # Variables forwarded by name from the submitting shell at run time (tokens, keys): no value is written anywhere.
+    env_passthrough: List[str] = field(default_factory=list)
     modules: List[str] = field(default_factory=list)
+    host_python: str = "python3"  # the batch host's interpreter for the job-script helpers (stdlib, Python >= 3.8)
+    wckey: str = ""  # Slurm workload characterization key; empty = none (sites that enforce wckeys set theirs)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     energy_sources: List[str] = field(default_factory=list)  # pm_counters | amdsmi | nvml | rapl | estimate
     country_iso_code: str = "FRA"  # codecarbon offline carbon intensity
@@ -157,11 +168,53 @@ class SiteConfig:
 
 
 @dataclass
+class EvalConfig:
+    """stage=eval (saul/eval): LegalBench-format tasks by balanced accuracy, MMLU legal subsets by accuracy."""
+
+    # Models compared side by side: stage names of this run (their final/), `base` (the model the run
+    # started from) or HF-format paths. Empty = the one model.init_from_stage or model.path names.
+    models: List[str] = field(default_factory=list)
+    tasks: List[str] = field(default_factory=list)  # LegalBench-format task folders, or folders of them (a suite)
+    few_shot: int = 0  # train.tsv rows put before each query (LegalBench base prompts already carry their demos)
+    max_new_tokens: int = 16  # greedy generation stops at a newline or here
+    max_examples: int = 0  # per task and MMLU subject, from the top; 0 = all (quick runs)
+    batch_size: int = 8  # prompts per generate() call per rank
+    categories: Dict[str, str] = field(default_factory=dict)  # task -> reasoning category, over the built-in table
+    mmlu_dir: str = ""  # MMLU files: dev/<subject>_dev.csv|jsonl and test/<subject>_test.csv|jsonl; empty = no MMLU
+    mmlu_subjects: List[str] = field(default_factory=lambda: ["international_law", "professional_law", "jurisprudence"])
+    mmlu_shots: int = 5  # dev examples before each question
+    stop_after_tasks: int = 0  # leave cleanly (exit code "stopped, resume me") after N tasks of this attempt
+
+
+@dataclass
+class IftConfig:
+    """stage=ift (saul/posttrain): instruction fine-tuning, loss on assistant tokens, packed rows."""
+
+    data: List[str] = field(default_factory=list)  # JSONL files of conversations / prompt-completion pairs; empty = demo data
+    demo_conversations: int = 2000  # generated when `data` is empty (saul/posttrain/demo_data.py)
+    demo_general_fraction: float = 0.25  # share of general (non-legal) instructions in the demo mix
+    epochs: int = 1  # passes over the packed rows; steps = ceil(epochs x rows / global batch)
+
+
+@dataclass
+class DpoConfig:
+    """stage=dpo (saul/posttrain): trl's DPO loss against stored reference log-probabilities."""
+
+    data: List[str] = field(default_factory=list)  # JSONL {"prompt","chosen","rejected"}; empty = demo pairs
+    demo_pairs: int = 1000  # generated when `data` is empty
+    epochs: int = 1
+    beta: float = 0.1  # trl DPOConfig default; the paper does not give one
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # any of trl's (saul.posttrain.dpo_loss.LOSS_TYPES)
+    loss_weights: List[float] = field(default_factory=list)  # one per loss_type; empty = 1.0 each
+    label_smoothing: float = 0.0  # robust / exo_pair / aot losses
+
+
+@dataclass
 class RunConfig:
     """The whole, resolved configuration of one stage of one run (frozen in config.yaml)."""
 
     stage: str = "cpt"
-    run: str = ""  # run name; empty = <stage>-<model.name>
+    run: str = ""  # run name; empty = model.name, the same for every stage (prepare, then cpt, meet)
     runs_root: str = "runs"
     nodes: int = 1
     nproc: int = 0  # processes (ranks) per node; 0 = the site's default (one per GPU device)
@@ -178,3 +231,6 @@ class RunConfig:
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ift: IftConfig = field(default_factory=IftConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)

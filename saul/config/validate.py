@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import List
@@ -10,7 +11,7 @@ import psutil
 
 from saul.config.errors import ConfigError
 from saul.config.model_size import training_state_gb_per_rank
-from saul.config.schema import GPU_VENDORS, PARALLEL, SCHEDULERS
+from saul.config.schema import GPU_VENDORS, PARALLEL, SCHEDULERS, STAGES
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TRAINING_STAGES = ("cpt", "anneal")
@@ -31,11 +32,11 @@ def validate(cfg) -> List[str]:
     if not RUN_NAME.match(cfg.run):
         raise ConfigError(f"run='{cfg.run}' is not a valid run name: use letters, digits, '.', '_' or '-' (max 100)")
     for key in ("nodes", "nproc", "train.max_steps", "train.micro_batch", "train.grad_accum", "train.seq_len",
-                "train.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "optim.lr",
+                "train.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.export_shard_gb", "optim.lr",
                 "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min", "resilience.failure_budget",
                 "resilience.hang_timeout_s", "resilience.start_grace_s"):
         _positive(cfg, key)
-    for key in ("optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
+    for key in ("optim.warmup_steps", "optim.schedule_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
                 "train.threads_per_rank", "data.num_workers"):
         _positive(cfg, key, allow_zero=True)
     if cfg.energy.interval_s <= 0:
@@ -70,13 +71,36 @@ def validate(cfg) -> List[str]:
         )
     if m.path and not (Path(m.path) / "config.json").is_file():
         raise ConfigError(f"model.path={m.path} is not an HF-format model directory (no config.json there)")
+    _validate_init_from_stage(cfg)
     _validate_site(cfg)
     _validate_memory(cfg)
+    if cfg.stage == "eval":  # ranges, task folders and MMLU files (torch-free)
+        from saul.eval.inputs import check_config
+
+        check_config(cfg)
     return warnings
 
 
+def _validate_init_from_stage(cfg) -> None:
+    """A stage name of this run, nothing else: the ranks join it into runs/<run>/<name>/final."""
+    name = cfg.model.init_from_stage
+    if not name:
+        return
+    # Stages that leave a final/ model, other than this one (prepare leaves data, eval leaves scores).
+    allowed = [s for s in STAGES if s not in ("prepare", "eval", cfg.stage)]
+    if name not in allowed:
+        raise ConfigError(
+            f"model.init_from_stage={name!r} is not a stage this one can start from: use one of {', '.join(allowed)} "
+            f"(a stage of run '{cfg.run}', whose final/ model it loads), or model.path=<HF model directory>"
+        )
+
+
 def _validate_site(cfg) -> None:
+    from saul.shell_values import check_site_values
+
     site = cfg.site
+    # Quotable values only, no credential in site.env; a real submit needs its passthrough variables set.
+    check_site_values(site, None if cfg.dry_run else os.environ)
     if site.scheduler not in SCHEDULERS:
         raise ConfigError(f"site {site.name}: scheduler='{site.scheduler}' is unknown: use none or slurm")
     if site.gpu_vendor not in GPU_VENDORS:
@@ -101,7 +125,10 @@ def _validate_memory(cfg) -> None:
         node_gb = cfg.site.mem_per_node_gb or psutil.virtual_memory().total / 1e9
         have, what = node_gb / cfg.nproc, "host memory per process"
     if have and need > have:
-        hint = "use model=tiny-mixtral on this machine" if not cfg.site.gpus_per_node else "add nodes or use parallel=zero3"
+        if not cfg.site.gpus_per_node:
+            hint = "use model=tiny-mixtral on this machine"
+        else:
+            hint = "add nodes" if cfg.parallel == "zero3" else "add nodes or use parallel=zero3"
         raise ConfigError(
             f"model {cfg.model.name} needs ~{need:,.0f} GB of weights, gradients and optimizer state per rank "
             f"({cfg.parallel}, {world} ranks) but site '{cfg.site.name}' has {have:,.0f} GB of {what}: {hint}"
@@ -114,6 +141,11 @@ def data_dir(cfg, run_dir) -> Path:
 
 def check_data(cfg, run_dir) -> None:
     """Training stages need a packed dataset; name the path and the command that makes one."""
+    if cfg.stage == "eval":  # the models compared: earlier stages' final/ must exist by now
+        from saul.eval.inputs import resolve_models
+
+        resolve_models(cfg, run_dir)
+        return
     if cfg.stage not in TRAINING_STAGES:
         return
     path = data_dir(cfg, run_dir)

@@ -6,12 +6,11 @@ Exit code contract of the ranks (saul.exit_codes): 0 done; 75 stopped after a ch
 (time limit ahead, preemption): requeue, and it does not use the failure budget; 2 / 93 the
 input is wrong: never requeue; anything else is a crash: requeue while the failure budget
 lasts, i.e. until `budget` crashes in a row left the newest checkpoint where it was.
-Standard library only: it runs on the batch node's host Python, outside the container.
+Standard library only: it runs on the batch node's host Python (>= 3.8), outside the container.
 """
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -19,6 +18,7 @@ from typing import List, Tuple
 from saul import exit_codes
 from saul.resilience import ledger
 from saul.resilience.node_exclusion import excluded_nodes
+from saul.slurm_commands import SlurmCommandError, run_slurm
 from saul.train.checkpoint import list_step_dirs, read_manifest
 
 DEFAULT_BUDGET = 3
@@ -77,9 +77,7 @@ def main(argv=None) -> int:
     checkpoint_step = newest_checkpoint_step(stage_dir)
     hung = (stage_dir / "heartbeats" / f"hang-{job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}").is_file()
     action, why = decide(code, history, checkpoint_step, budget, hung)
-    cancelled = any(r.get("event") == "cancelled" and str(r.get("job_id")) == job_id
-                    for r in ledger.read(stage_dir / "ledger.jsonl"))
-    if cancelled and action == "requeue":
+    if action == "requeue" and cancelled(stage_dir / "ledger.jsonl", job_id):
         action, why = "stop", "cancelled by the user (jobs/cancel.py): not requeued"
     kind = "hang" if hung and code != exit_codes.DONE else classify(code)
     ledger.append(stage_dir / "ledger.jsonl", {
@@ -90,11 +88,27 @@ def main(argv=None) -> int:
     print(f"after_job: exit code {code} -> {action}: {why}", flush=True)
     if action == "requeue" and job_id:
         excluded = excluded_nodes(stage_dir / "ledger.jsonl", int(os.environ.get("SAUL_MAX_EXCLUDED_NODES", "16")))
-        if excluded:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}"], check=False)
-        # Requeueing our own running job ends this script; nothing may follow it.
-        subprocess.run(["scontrol", "requeue", job_id], check=False)
+        try:
+            if excluded:
+                run_slurm(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}"])
+            if cancelled(stage_dir / "ledger.jsonl", job_id):  # a cancel that arrived while we decided
+                print("after_job: cancelled meanwhile: not requeued", flush=True)
+                return code
+            # Requeueing our own running job ends this script; nothing may follow it.
+            run_slurm(["scontrol", "requeue", job_id])
+        except SlurmCommandError as exc:
+            print(f"after_job: error: the requeue failed: {exc}; resubmit with the same command", flush=True)
+            return code or 1
     return 0 if action != "stop" else code
+
+
+def cancelled(ledger_path: Path, job_id: str) -> bool:
+    """jobs/cancel.py writes `cancelled` BEFORE it calls scancel (and `cancel_failed` if scancel refused)."""
+    state = False
+    for record in ledger.read(ledger_path):
+        if str(record.get("job_id")) == job_id and record.get("event") in ("cancelled", "cancel_failed"):
+            state = record["event"] == "cancelled"
+    return state
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@ When Slurm requeued the job itself (NODE_FAIL, node set DOWN, batch host lost), 
 run's teardown never ran: no `job_end` was written and nobody blamed the node. This fills that
 in from sacct (which keeps one row per run of a requeued job) and sinfo (which node Slurm took
 out), records the node exclusion, and makes sure this run's allocation avoids those nodes.
-Standard library only.
+Standard library only (Python >= 3.8).
 """
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -19,7 +18,7 @@ from typing import Dict, List
 from saul.resilience import ledger
 from saul.resilience.after_job import newest_checkpoint_step
 from saul.resilience.node_exclusion import exclude, excluded_nodes
-from saul.slurm_commands import slurm_output
+from saul.slurm_commands import SlurmCommandError, run_slurm, slurm_output
 
 BAD_NODE_STATES = ("down", "drain", "drng", "fail", "failg", "maint", "boot", "unk", "no_respond")
 
@@ -85,8 +84,12 @@ def main(argv=None) -> int:
     mine = set(expand_nodelist(os.environ.get("SLURM_JOB_NODELIST", "")))
     if current and mine & set(current):
         # Allocated an excluded node anyway (it came back): go again elsewhere rather than fail on it later.
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(current)}"], check=False)
-        subprocess.run(["scontrol", "requeue", job_id], check=False)
+        try:
+            run_slurm(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(current)}"])
+            run_slurm(["scontrol", "requeue", job_id])
+        except SlurmCommandError as exc:
+            print(f"before_job: warning: could not requeue away from excluded nodes ({exc}); running here", flush=True)
+            return 0
         return 3
     return 0
 

@@ -57,13 +57,31 @@ def test_hang_detector_ignores_checkpoint_io_and_fires_on_stalled_training():
     assert verdict and "no progress for 14s at step 2" in verdict
 
 
-def test_hang_detector_allows_a_start_grace_and_ignores_old_heartbeats():
+def test_hang_detector_applies_the_start_grace_to_an_attempt_that_only_sees_the_previous_attempts_heartbeat():
+    """After a requeue the previous attempt's last beat is still on disk (the file is replaced, never deleted):
+    a rendezvous hang of the new attempt must still end at the start grace, not run to the time limit."""
     d = HangDetector(timeout_s=10, start_grace_s=100)
     t0 = d.started
-    assert d.observe(None, t0 + 50) is None
     stale = {"step": 5, "phase": "train", "time": t0 - 500}  # the previous attempt's last beat
-    assert d.observe(stale, t0 + 60) is None and d.observe(stale, t0 + 90) is None
-    assert "no heartbeat 100s after start" in d.observe(None, t0 + 101)
+    assert d.observe(stale, t0 + 50) is None and d.observe(stale, t0 + 90) is None
+    assert "no heartbeat of this attempt 100s after its start" in d.observe(stale, t0 + 101)
+
+
+def test_hang_detector_ignores_heartbeats_of_another_job_or_restart():
+    d = HangDetector(timeout_s=10, start_grace_s=100, job="42", restart=1)
+    t0 = d.started
+    assert d.observe({"step": 1, "phase": "train", "time": t0 + 5, "job_id": "41"}, t0 + 50) is None
+    assert d.observe({"step": 1, "phase": "train", "time": t0 + 5, "job_id": "42", "restart_count": 0}, t0 + 101)
+    ours = HangDetector(timeout_s=10, start_grace_s=100, job="42", restart=1, started=t0)
+    beat = {"step": 1, "phase": "train", "time": t0 + 5, "job_id": "42", "restart_count": 1}
+    assert ours.observe(beat, t0 + 101) is None  # this attempt's first beat: progress, grace over
+    assert "no progress" in ours.observe(beat, t0 + 115)
+
+
+def test_hang_detector_without_any_heartbeat_fires_at_the_start_grace():
+    d = HangDetector(timeout_s=10, start_grace_s=100)
+    assert d.observe(None, d.started + 99) is None
+    assert "100s after its start" in d.observe(None, d.started + 101)
 
 
 @pytest.mark.parametrize("codes, combined", [([0, 0], 0), ([75, 75], 75), ([0, 75], 75), ([75, -9], 137),

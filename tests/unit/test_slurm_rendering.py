@@ -2,6 +2,7 @@
 96 nodes (golden files), the Apptainer command line, device and CPU binding, and the refusals that
 must happen at submit time rather than in the queue."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,53 @@ def test_adastra_96_node_batch_script_and_rank_command_are_pinned():
     check_golden("adastra-cpt-96.rank-command", normalised(command) + "\n")
 
 
+def test_lumi_16_node_batch_script_is_pinned():
+    cfg = compose(["stage=cpt", "site=lumi", "nodes=16", "run=saul54b", "runs_root=/scratch/project_465000000/runs"],
+                  env={}).cfg
+    script, _ = slurm_launcher.render_batch_script(cfg, RunDir.from_config(cfg), env={"SAUL_ACCOUNT": "project_465000000"})
+    check_golden("lumi-cpt-16.sbatch", normalised(script))
+
+
+def test_slurm_binds_each_rank_to_the_cores_of_its_gcd_with_the_masks_lumi_documents():
+    # docs.lumi-supercomputer.eu/runjobs/scheduled-jobs/distribution-binding/: the CPU_BIND masks for 8 GCDs
+    documented = "fe000000000000,fe00000000000000,fe0000,fe000000,fe,fe00,fe00000000,fe0000000000"
+    cfg = compose(["stage=cpt", "site=lumi", "nodes=2"], env={}).cfg
+    script, _ = slurm_launcher.render_batch_script(cfg, RunDir.from_config(cfg), env={"SAUL_ACCOUNT": "p"})
+    ranks_srun = next(line for line in script.splitlines() if "--job-name=saul-ranks" in line)
+    masks = ranks_srun.split("--cpu-bind=mask_cpu:")[1].split()[0].split(",")
+    assert [m[2:] for m in masks] == documented.split(",")
+    adastra_cfg, _ = adastra()
+    assert slurm_launcher.cpu_masks(adastra_cfg.site, 8)[0] == hex(0xFF << 48)  # cores 48-55
+    # Fewer ranks than devices: one mask per rank; no map (or a partial one): Slurm's default binding.
+    assert len(slurm_launcher.cpu_bind_args(cfg.site, 4)[0].split(",")) == 4
+    assert slurm_launcher.cpu_bind_args(OmegaConf.create({"gpu_cpu_bind": []}), 8) == []
+    assert slurm_launcher.cpu_bind_args(OmegaConf.create({"gpu_cpu_bind": ["0-7"]}), 2) == []
+    with pytest.raises(ConfigError, match="not a CPU list"):
+        slurm_launcher.cpu_masks(OmegaConf.create({"gpu_cpu_bind": ["cores 0 to 7"]}), 1)
+
+
+def test_no_wckey_unless_the_site_sets_one():
+    cfg, rundir = adastra()
+    script, _ = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
+    assert "--wckey" not in script  # submitit's default --wckey=submitit is rejected where wckeys are enforced
+    cfg, rundir = adastra("site.wckey=saullm")
+    script, _ = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
+    assert "#SBATCH --wckey=saullm" in script
+
+
+def test_the_dry_run_rendering_is_what_a_submit_hands_to_sbatch(tmp_path):
+    """render_batch_script avoids submitit's executor (it refuses to exist without srun): same text anyway."""
+    if not shutil.which("srun"):
+        pytest.skip("srun is not installed here: submitit's executor cannot be built to compare with")
+    cfg = compose(["stage=cpt", "site=local-slurm", "nodes=2", f"runs_root={tmp_path}", "run=r"], env={}).cfg
+    rundir = RunDir.from_config(cfg)
+    script, command = slurm_launcher.render_batch_script(cfg, rundir, env={})
+    executor = slurm_launcher.make_executor(cfg, rundir, env={})
+    assert executor._submitit_command_str == command
+    assert executor._make_submission_file_text(command, "uid") == script
+    assert executor._make_submission_command(Path("x.sh"))[-2:] == ["sbatch", "x.sh"]  # behind `timeout`
+
+
 def test_adastra_script_carries_the_site_figures():
     cfg, rundir = adastra()
     script, command = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
@@ -49,7 +97,8 @@ def test_adastra_script_carries_the_site_figures():
                  "#SBATCH --cpus-per-task=8", "#SBATCH --account=gda2301", "#SBATCH --constraint=MI250",
                  "#SBATCH --exclusive", "#SBATCH --requeue", "#SBATCH --signal=USR2@600", "#SBATCH --time=1440"):
         assert line in script
-    assert command.startswith('apptainer exec --rocm --bind "/lus/work/saul/runs,')
+    assert command.startswith("bash -c 'echo \"binding: rank $SLURM_PROCID")  # each rank logs where Slurm put it
+    assert ' saul-rank apptainer exec --rocm --bind "/lus/work/saul/runs,' in command
     assert '"/lus/work/CT6/someone/containers/saul-rocm.sif" python -u -m submitit.core._submit' in command
     assert 'export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID"' in script  # expanded on the node
     assert "gda2301" not in command  # nothing secret-ish on the rank command line
