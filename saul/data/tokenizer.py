@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from saul.data.atomic import write_json_atomic, write_text_atomic
+from saul.posttrain.chat_template import MIXTRAL_CHAT_TEMPLATE
 
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 SPECIAL_TOKENS = (BOS, EOS, UNK, PAD)  # ids 0, 1, 2, 3 in this order
@@ -68,6 +69,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: os.PathLike)
         # Keep decode() exact: the clean-up step would turn " ." into "." in legal text.
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
+        # Mixtral's [INST] format, so IFT/DPO train the tiny model as the mixtral presets are.
+        "chat_template": MIXTRAL_CHAT_TEMPLATE,
     })
     return out
 
@@ -82,7 +85,7 @@ def load_tokenizer(directory: os.PathLike):
         raise FileNotFoundError(f"{path}: no tokenizer here (run stage=prepare)")
     return PreTrainedTokenizerFast(
         tokenizer_file=str(path), bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        clean_up_tokenization_spaces=False,
+        clean_up_tokenization_spaces=False, chat_template=MIXTRAL_CHAT_TEMPLATE,
     )
 
 
