@@ -153,6 +153,7 @@ def port_lines() -> List[str]:
         f'MASTER_PORT=$({HOST_PYTHON} -m saul.resilience.rendezvous_port --job "$SLURM_JOB_ID" '
         '--restart "${SLURM_RESTART_COUNT:-0}") || { echo "error: no free rendezvous port on $(hostname)" >&2; exit 1; }',
         "export MASTER_PORT",
+        'echo "rendezvous: $MASTER_ADDR:$MASTER_PORT (restart ${SLURM_RESTART_COUNT:-0} of job $SLURM_JOB_ID)"',
     ]
 
 
