@@ -15,12 +15,15 @@ import socket
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from saul import exit_codes
 from saul.config.errors import ConfigError
+from saul.resilience import stop_request
+from saul.resilience.attempt import Attempt
 from saul.rundir import RunDir
 
 
@@ -40,6 +43,9 @@ class StageTask:
         self.stage_dir = str(stage_dir)
 
     def __call__(self) -> dict:
+        # First: our stop handling replaces submitit's USR2 handler (which would requeue the job by
+        # itself, past after_job and the ledger); a stop received during start-up waits for a safe point.
+        stop_request.install()
         rundir = RunDir.from_stage_dir(self.stage_dir)
         cfg = OmegaConf.load(rundir.config)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -65,11 +71,29 @@ class StageTask:
 
         try:
             if cfg.stage == "prepare":
-                return self._prepare(cfg, rundir)
+                return self._prepare_attempt(cfg, rundir)
+            if cfg.stage == "eval":
+                return self._eval(cfg, rundir)
             return self._train(cfg, rundir)
         except (ConfigError, DatasetError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return {"exit_code": exit_codes.CONFIG_ERROR, "reason": str(exc)}
+
+    def _prepare_attempt(self, cfg, rundir: RunDir) -> dict:
+        """The shared attempt records around the prepare body (one process: no process group)."""
+        from saul.train.distributed import rank_info
+
+        attempt = Attempt(rundir.ledger, rank_info(), cfg.stage)
+        attempt.start()
+        with ending_recorded(attempt):
+            stop = stop_request.current()
+            if stop.requested:
+                result = {"exit_code": exit_codes.STOPPED, "step": 0,
+                          "reason": f"{stop.describe()} before the data preparation began"}
+            else:
+                result = self._prepare(cfg, rundir)
+        attempt.end(result["exit_code"], result["reason"], result.get("step"))
+        return result
 
     def _prepare(self, cfg, rundir: RunDir) -> dict:
         from saul.data.prepare import prepare_dataset
@@ -86,15 +110,36 @@ class StageTask:
             f"fingerprint {manifest['fingerprint'][:16]} ({time.time() - t0:.1f}s)")
         return {"exit_code": exit_codes.DONE, "reason": "dataset prepared", "step": 0}
 
-    def _train(self, cfg, rundir: RunDir) -> dict:
-        import psutil
+    def _eval(self, cfg, rundir: RunDir) -> dict:
+        """stage=eval (saul/eval/runner.py) inside the same rank set-up and attempt records as training."""
         import torch
 
-        from saul.train.checkpoint import CheckpointMismatch
-        from saul.config.validate import data_dir
-        from saul.resilience import ledger
+        from saul.eval.runner import EvalRunner
         from saul.train import distributed
-        from saul.train.loop import CausalLMTrainer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        info = distributed.rank_info()
+        device = distributed.device_for(info, cfg.site)
+        distributed.set_cpu_threads(cfg.train.threads_per_rank, info.local_world_size)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        distributed.init_process_group(info, device, distributed.collective_timeout_s(cfg.resilience.hang_timeout_s))
+        try:
+            attempt = Attempt(rundir.ledger, info, cfg.stage, _broadcast_int)
+            attempt.start()
+            with ending_recorded(attempt):
+                result = EvalRunner(cfg, rundir, info, device, _sayer(info.rank), attempt.number).run()
+            attempt.end(**result)
+            leave_together(stop_request.current())
+            return result
+        finally:
+            distributed.destroy()
+
+    def _train(self, cfg, rundir: RunDir) -> dict:
+        import torch
+
+        from saul.train import distributed
 
         from transformers.utils import logging as hf_logging
 
@@ -112,31 +157,41 @@ class StageTask:
         distributed.init_process_group(info, device, distributed.collective_timeout_s(cfg.resilience.hang_timeout_s),
                                        trace_dir=rundir.root / "flight-recorder")
         try:
-            attempt = ledger.next_attempt(rundir.ledger) if info.is_main else 0
-            attempt = _broadcast_int(attempt)
-            if info.is_main:
-                ledger.append(rundir.ledger, {
-                    "event": "attempt_start", "attempt": attempt, "job_id": info.job_id, "world_size": info.world_size,
-                    "nodes": info.num_nodes, "host": socket.gethostname(), "pid": os.getpid(),
-                    "process_start": psutil.Process().create_time(),  # launch cost, even if killed later
-                })
-            say(f"{cfg.stage} attempt {attempt}: {info.world_size} ranks on {info.num_nodes} node(s), "
+            attempt = Attempt(rundir.ledger, info, cfg.stage, _broadcast_int)
+            attempt.start()
+            say(f"{cfg.stage} attempt {attempt.number}: {info.world_size} ranks on {info.num_nodes} node(s), "
                 f"{cfg.parallel}, device {device}, {threads} CPU threads per rank")
-            init_path = ""
-            if cfg.model.init_from_stage:
-                init_path = str(rundir.run_root / cfg.model.init_from_stage / "final")
-                if not Path(init_path, "config.json").is_file():
-                    raise ConfigError(f"model.init_from_stage={cfg.model.init_from_stage}: no final model at {init_path}; "
-                                      f"finish that stage first")
-            try:
-                trainer = CausalLMTrainer(cfg, rundir, info, device, attempt, say, data_dir(cfg, rundir), init_path)
-                trainer.resume()
-            except CheckpointMismatch as exc:
-                raise ConfigError(str(exc)) from None
-            outcome = trainer.train()
-            return {"exit_code": outcome.exit_code, "step": outcome.step, "reason": outcome.reason}
+            with ending_recorded(attempt):
+                result = self._train_attempt(cfg, rundir, info, device, attempt.number, say)
+            attempt.end(**result)
+            leave_together(stop_request.current())
+            return result
         finally:
             distributed.destroy()
+
+    def _train_attempt(self, cfg, rundir: RunDir, info, device, attempt: int, say) -> dict:
+        from saul.config.validate import data_dir
+        from saul.train.checkpoint import CheckpointMismatch
+        from saul.train.loop import CausalLMTrainer, agree_to_stop
+
+        stop = stop_request.current()
+        if agree_to_stop(stop, device):  # asked during imports or rendezvous: nothing built yet, nothing to save
+            reason = (f"{stop.describe()} during start-up" if stop.requested else "another rank was asked to stop")
+            say(f"stopping before the model build: {reason}; resume with the same command")
+            return {"exit_code": exit_codes.STOPPED, "reason": reason, "step": None}
+        init_path = ""
+        if cfg.model.init_from_stage:
+            init_path = str(rundir.run_root / cfg.model.init_from_stage / "final")
+            if not Path(init_path, "config.json").is_file():
+                raise ConfigError(f"model.init_from_stage={cfg.model.init_from_stage}: no final model at {init_path}; "
+                                  f"finish that stage first")
+        try:
+            trainer = CausalLMTrainer(cfg, rundir, info, device, attempt, say, data_dir(cfg, rundir), init_path)
+            trainer.resume()
+        except CheckpointMismatch as exc:
+            raise ConfigError(str(exc)) from None
+        outcome = trainer.train()
+        return {"exit_code": outcome.exit_code, "step": outcome.step, "reason": outcome.reason, **outcome.fields}
 
 
 def _broadcast_int(value: int) -> int:
@@ -148,6 +203,34 @@ def _broadcast_int(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+@contextmanager
+def ending_recorded(attempt: Attempt):
+    """An error that ends the attempt is in its attempt_end too (rank 0), then goes on up."""
+    from saul.data.dataset import DatasetError
+
+    try:
+        yield
+    except (ConfigError, DatasetError) as exc:
+        attempt.end(exit_codes.CONFIG_ERROR, str(exc))
+        raise
+    except BaseException as exc:  # a crash, or SystemExit(128+N) from a second stop signal
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+        attempt.end(code, f"{type(exc).__name__}: {exc}"[:500])
+        raise
+
+
+def leave_together(stop: stop_request.StopRequest) -> None:
+    """Every rank leaves after every rank has finished its writes (rank 0's attempt_end included).
+
+    Under `srun --kill-on-bad-exit=1` the first rank to exit with 75 makes Slurm SIGTERM the others
+    (and SIGKILL them KillWait later): past this barrier they only exit, so that SIGTERM is ignored
+    and srun reports 75 for every rank, not a crash."""
+    from saul.train.distributed import barrier
+
+    stop.leaving()
+    barrier()
 
 
 def exit_now(code: int) -> None:

@@ -28,14 +28,20 @@ def append(path: Path, record: dict) -> None:
 
 
 def read(path: Path) -> List[dict]:
+    """Every complete record of a JSONL file (ledger, metrics): the project's one JSONL reader."""
     if not path.is_file():
         return []
+    return parse(path.read_text().splitlines())
+
+
+def parse(lines) -> List[dict]:
+    """The records of JSONL lines (str or bytes, e.g. a file's tail); a line cut mid-write is skipped."""
     records = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash mid-write
+        except ValueError:  # JSONDecodeError, or bytes cut inside a UTF-8 character
+            continue
     return records
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from saul import exit_codes
 from saul.config.model_size import count_parameters
 from saul.data.dataset import PackedDataset, global_batch_ids, rank_slice
-from saul.resilience import ledger
+from saul.resilience import stop_request
 from saul.resilience.heartbeat import Heartbeat
 from saul.resilience.stop_request import StopRequest
 from saul.rundir import RunDir
@@ -45,6 +45,7 @@ class Outcome:
     exit_code: int
     step: int
     reason: str
+    fields: dict = field(default_factory=dict)  # what the attempt_end adds for a training stage
 
 
 def batch_digest(ids: np.ndarray) -> str:
@@ -65,6 +66,18 @@ def _gather(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def agree_to_stop(stop: StopRequest, device: Optional[torch.device] = None) -> bool:
+    """The stop vote on its own (a collective: every rank calls it at the same point)."""
+    return _all_reduce_sum([0.0, 1.0 if stop.requested else 0.0], device)[1] > 0
+
+
+def _all_reduce_sum(values, device: Optional[torch.device] = None) -> list:
+    t = torch.tensor(values, dtype=torch.float64, device=device if device is not None else "cpu")
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
@@ -94,8 +107,8 @@ class CausalLMTrainer:
         self.engine = make_engine(cfg, device, init_path)
         say(self.engine.describe)
         self.metrics = MetricsWriter(rundir.metrics, enabled=info.is_main)
-        self.stop = StopRequest().install()
-        self.heartbeat = Heartbeat(rundir.heartbeats, enabled=info.is_main)
+        self.stop = stop_request.current()  # installed at task start: a start-up signal is already in it
+        self.heartbeat = Heartbeat(rundir.heartbeats, enabled=info.is_main, job_id=info.job_id, attempt=attempt)
         self.pos = Position()
         self.resumed_from: Optional[str] = None
         self.last_saved_step = -1
@@ -160,6 +173,12 @@ class CausalLMTrainer:
         first_step_at: Optional[float] = None
         # Recovery time counts from the process start: imports, model build and checkpoint load included.
         t_attempt = psutil.Process().create_time()
+        # The first safe point: a stop asked during start-up (imports, rendezvous, model build, resume)
+        # ends the attempt here, at the checkpoint it resumed from.
+        if self.pos.step < t.max_steps and agree_to_stop(self.stop, self.device):
+            reason = f"{self.stop.describe()} during start-up" if self.stop.requested else "another rank was asked to stop"
+            self.say(f"stopping before step {self.pos.step + 1}: {reason}; resume with the same command")
+            return self._finish(exit_codes.STOPPED, reason, ledger_start, first_step_at, t_attempt)
         while self.pos.step < t.max_steps:
             self.heartbeat.beat(self.pos.step, "train")
             t0 = time.time()
@@ -175,11 +194,10 @@ class CausalLMTrainer:
             if steps_this_attempt == t.stop_after_steps:
                 self.stop.request(f"train.stop_after_steps={t.stop_after_steps} reached")
             # One all-reduce carries the loss and the stop vote: every rank stops at the same step.
-            packed = torch.tensor([float(np.mean(losses)), 1.0 if self.stop.requested else 0.0], dtype=torch.float64)
-            if dist.is_initialized():
-                dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-            loss = packed[0].item() / info.world_size
-            stop_now = packed[1].item() > 0
+            loss_sum, votes = _all_reduce_sum([float(np.mean(losses)), 1.0 if self.stop.requested else 0.0],
+                                              self.device)
+            loss = loss_sum / info.world_size
+            stop_now = votes > 0
             step_time = time.time() - t0
             if first_step_at is None:
                 first_step_at = time.time()
@@ -213,16 +231,14 @@ class CausalLMTrainer:
                      f"{record['tokens_per_s']:.0f} tok/s {step_time * 1000:.0f} ms/step")
 
     def _finish(self, code, reason, start_step, first_step_at, t_attempt) -> Outcome:
+        """The stage_entry writes the attempt_end from the outcome, then all ranks leave together."""
         self.heartbeat.beat(self.pos.step, "done")
-        if self.info.is_main:
-            ledger.append(self.rundir.ledger, {
-                "event": "attempt_end", "attempt": self.attempt, "job_id": self.info.job_id, "exit_code": code,
-                "reason": reason, "step_start": start_step, "step_end": self.pos.step, "tokens_end": self.pos.tokens,
-                "resumed_from": self.resumed_from,
-                "time_to_first_step_s": round(first_step_at - t_attempt, 3) if first_step_at else None,
-            })
         self.metrics.close()
-        return Outcome(code, self.pos.step, reason)
+        return Outcome(code, self.pos.step, reason, {
+            "step_start": start_step, "step_end": self.pos.step, "tokens_end": self.pos.tokens,
+            "resumed_from": self.resumed_from,
+            "time_to_first_step_s": round(first_step_at - t_attempt, 3) if first_step_at else None,
+        })
 
     def export_final(self) -> None:
         """`final/`: an HF-format model directory (config, safetensors, tokenizer) for the next stage."""

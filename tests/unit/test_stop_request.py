@@ -1,0 +1,70 @@
+"""Stop requests with real signals to a real subprocess: one request per process, kept from the
+task's first line; a second SIGTERM while stopping exits now; while leaving, signals change nothing."""
+import signal
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO
+
+
+def run_child(body: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """A child that installs the stop request, signals itself as told, and reports what it saw."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from saul.resilience import stop_request
+        stop = stop_request.install()
+        me = os.getpid()
+    """) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_signal_received_early_is_kept_for_the_training_loop():
+    child = run_child("""
+        os.kill(me, signal.SIGUSR2)
+        time.sleep(0.05)
+        later = stop_request.current()  # what the trainer asks for after the model build
+        print(later is stop, later.requested, later.describe())
+        assert stop_request.install() is stop  # installing again keeps the request
+        print(stop_request.current().describe())
+    """)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == ["True True signal SIGUSR2", "signal SIGUSR2"]
+
+
+def test_a_second_sigterm_while_stopping_exits_now():
+    child = run_child("""
+        os.kill(me, signal.SIGUSR2)
+        time.sleep(0.05)
+        os.kill(me, signal.SIGTERM)
+        time.sleep(5)
+        print("still running")
+    """)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert "second SIGTERM while stopping: exiting now" in child.stderr and "still running" not in child.stdout
+
+
+def test_signals_while_leaving_are_counted_and_the_rank_exits_with_its_own_code():
+    """What Slurm's kill-on-bad-exit sends the last ranks of a stop: their exit code must stay 75."""
+    child = run_child("""
+        os.kill(me, signal.SIGUSR2)
+        time.sleep(0.05)
+        stop.leaving()
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+            os.kill(me, sig)
+            time.sleep(0.05)
+        print(stop.signals_while_leaving, stop.describe())
+        sys.stdout.flush()
+        os._exit(75)
+    """)
+    assert child.returncode == 75, child.stderr
+    assert child.stdout.strip() == "3 signal SIGUSR2"
+
+
+def test_a_reason_of_our_own_is_a_request_too_and_the_first_reason_wins():
+    child = run_child("""
+        stop.request("train.stop_after_steps=2 reached")
+        stop.request("another reason")
+        print(stop.requested, stop.signal, stop.describe())
+    """)
+    assert child.stdout.strip() == "True None train.stop_after_steps=2 reached", child.stderr
