@@ -10,7 +10,7 @@ DEMO_RUN ?= demo
 
 $(STAMP)/python: setup.cfg pyproject.toml constraints.txt
 	@mkdir -p $(STAMP)
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[train,test]'
 	@touch $@
 
 $(STAMP)/slurm: scripts/install-slurm-test-deps.sh

@@ -10,7 +10,6 @@ start, imports, process group, model build), and the total.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from saul.resilience import ledger  # noqa: E402
 from tests.slurm_cluster import LocalSlurmCluster  # noqa: E402
 
 SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
@@ -29,10 +29,9 @@ SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
 def first_step_time(metrics: Path, timeout: float = 300) -> float:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if metrics.is_file():
-            for line in metrics.read_text().splitlines():
-                if '"loss"' in line:
-                    return json.loads(line)["time"]
+        steps = [r for r in ledger.read(metrics) if "loss" in r]
+        if steps:
+            return steps[0]["time"]
         time.sleep(0.05)
     raise RuntimeError(f"no training step in {metrics} after {timeout}s")
 
@@ -61,12 +60,12 @@ def main() -> None:
                                       "train.max_steps=5"], env=env, check=True, capture_output=True, text=True)
                 submitted = time.time()
                 first = first_step_time(root / run / "cpt" / "metrics.jsonl")
-                ledger = [json.loads(x) for x in (root / run / "cpt" / "ledger.jsonl").read_text().splitlines()]
+                records = ledger.read(root / run / "cpt" / "ledger.jsonl")
                 job = out.stdout.split("submitted Slurm job ")[1].split()[0]
                 start_iso = cluster.wait_for_sacct(job, lambda r: r and r[0].get("Start", "Unknown") != "Unknown",
                                                    fields=("JobID", "Start"))[0]["Start"]
                 started = time.mktime(time.strptime(start_iso, "%Y-%m-%dT%H:%M:%S"))
-                attempt = next(r for r in ledger if r["event"] == "attempt_start")["time"]
+                attempt = next(r for r in records if r["event"] == "attempt_start")["time"]
                 rows.append((submitted - t0, started - t0, attempt - t0, first - t0))
                 time.sleep(8)  # let the job finish before the next submit
             print("run  submit-cmd  ->job-start  ->rank-0-up  ->first-step   (seconds from typing submit)")

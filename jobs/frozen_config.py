@@ -1,20 +1,30 @@
 """config.yaml: the resolved config frozen at a stage's first submit, and what a later submit may change.
 
 Re-running the same command resumes the stage. A later submit may change how the stage runs
-(more steps, another time limit, other nodes, checkpoint cadence) but not what it computes
-(model, optimizer, data, batch): those would silently make a different model under the same
-name, so they are refused with the key, both values and the way out.
+(more steps, another time limit, checkpoint cadence, other nodes while no checkpoint pins the
+layout) but not what it computes (model, optimizer, data, batch): those would silently make a
+different model under the same name, so they are refused with the key, both values and the way out.
+
+Two values are settled here rather than in the schema:
+- `optim.schedule_steps=0` (the LR schedule's horizon) becomes train.max_steps of the first submit
+  and stays so: raising train.max_steps later extends training at the schedule's final LR instead of
+  stretching the curve under a running job (which would make the LR jump at the resume).
+- the world size (nodes x nproc) is checked against the newest checkpoint, so a layout the ranks
+  would refuse (ZeRO-3 shards of another world size, another global batch) is refused now, not after
+  hours in the queue.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
 from saul.config.errors import ConfigError
+from saul.config.schema import RunConfig
+from saul.data.atomic import write_text_atomic
 from saul.resilience import ledger
+from saul.train.checkpoint import list_step_dirs, read_manifest
 
 # Keys (or prefixes ending in '.') that may differ between submits of one stage.
 CHANGEABLE = (
@@ -33,7 +43,7 @@ def _flat(cfg) -> Dict[str, object]:
             else:
                 out[f"{prefix}{key}"] = value
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg, "")
     return out
 
 
@@ -42,23 +52,103 @@ def changeable(key: str) -> bool:
 
 
 def differences(old, new) -> List[Tuple[str, object, object]]:
+    """(key, old, new) for every key that differs. A key the frozen file lacks (added to the schema
+    since) is no difference while the new value is its default: old runs resume under new code."""
     a, b = _flat(old), _flat(new)
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    defaults = _flat(OmegaConf.structured(RunConfig))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not (k not in a and k in defaults and b.get(k) == defaults[k])]
+
+
+def load_frozen(path: Path):
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def frozen_schedule_steps(frozen) -> int:
+    """The horizon the stage's LR schedule was built with. A config.yaml from before the key existed
+    scheduled over its train.max_steps."""
+    steps = OmegaConf.select(frozen, "optim.schedule_steps", default=None)
+    return int(steps) if steps else int(frozen.train.max_steps)
+
+
+def resolve_schedule_steps(cfg, frozen) -> None:
+    """optim.schedule_steps=0 -> train.max_steps at the first submit, the frozen horizon afterwards."""
+    if cfg.optim.schedule_steps:
+        return
+    cfg.optim.schedule_steps = int(cfg.train.max_steps) if frozen is None else frozen_schedule_steps(frozen)
+
+
+def newest_checkpoint(checkpoints: Path) -> Optional[Tuple[str, dict]]:
+    """(name, training state) of the newest checkpoint with a readable manifest (files are not hashed here)."""
+    for _, step_dir in list_step_dirs(checkpoints):
+        try:
+            return step_dir.name, read_manifest(step_dir).get("state", {})
+        except ValueError:
+            continue
+    return None
+
+
+def _layout_of(ledger_path: Path, world: int) -> str:
+    """'nodes=N nproc=P' of the newest attempt that ran with `world` ranks, for the way out."""
+    for record in reversed(ledger.read(ledger_path)):
+        if record.get("event") == "attempt_start" and record.get("world_size") == world and record.get("nodes"):
+            return f"nodes={record['nodes']} nproc={world // record['nodes']}"
+    return f"{world} ranks"
+
+
+def check_layout(cfg, rundir) -> None:
+    """Refuse a world size (nodes x nproc) the newest checkpoint cannot resume with.
+
+    ZeRO-3 checkpoints hold one shard set per rank: only the same world size loads them (elastic
+    resume is issue 12). DDP checkpoints load on any world size, but the global batch (micro_batch x
+    grad_accum x ranks) must stay: it fixes the data order (saul.train.checkpoint.check_resumable), and
+    micro_batch and grad_accum are fixed keys, so for DDP too a checkpoint pins the world size."""
+    found = newest_checkpoint(rundir.checkpoints)
+    if found is None:
+        return
+    name, state = found
+    t = cfg.train
+    world = cfg.nodes * cfg.nproc
+    asked = f"this submit asks nodes={cfg.nodes} x nproc={cfg.nproc} = {world} ranks"
+    old_world = state.get("world_size")
+    final = rundir.root / "final"
+    way_out = (
+        f"submit with the original layout ({_layout_of(rundir.ledger, old_world)})" if old_world else
+        "submit with the original layout"
+    )
+    if (final / "config.json").is_file():
+        way_out += (f", or train on from its final model in a new stage or run (e.g. stage=anneal "
+                    f"model.init_from_stage={cfg.stage})")
+    else:
+        way_out += ", or start over under a new name (run=<new name>)"
+    if state.get("parallel") == "zero3" and old_world is not None and old_world != world:
+        raise ConfigError(
+            f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} holds ZeRO-3 shards for {old_world} ranks and {asked}; "
+            f"resuming on another world size is not supported yet: {way_out}"
+        )
+    global_batch = t.micro_batch * t.grad_accum * world
+    if state.get("global_batch") is not None and state["global_batch"] != global_batch:
+        raise ConfigError(
+            f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} was made with a global batch of "
+            f"{state['global_batch']} sequences and {asked}, a global batch of {t.micro_batch} x {t.grad_accum} x "
+            f"{world} = {global_batch}: the data order would change; {way_out}"
+        )
 
 
 def write_atomic(path: Path, cfg) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(cfg))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(cfg))
 
 
 def freeze_or_check(path: Path, cfg, ledger_path: Path) -> str:
     """First submit: write config.yaml. Later: refuse fixed-key changes, record allowed ones. Returns a summary."""
-    if not path.is_file():
+    frozen = load_frozen(path)
+    resolve_schedule_steps(cfg, frozen)
+    if frozen is None:
         write_atomic(path, cfg)
         return "new stage: config frozen"
-    frozen = OmegaConf.load(path)
+    if OmegaConf.select(frozen, "optim.schedule_steps", default=None) is None:
+        frozen.optim.schedule_steps = frozen_schedule_steps(frozen)  # what the old file's ranks ran with
     diffs = differences(frozen, cfg)
     fixed = [d for d in diffs if not changeable(d[0])]
     if fixed:

@@ -73,7 +73,8 @@ def describe(cfg, plan: LaunchPlan, site_reason: str, max_rank_lines: int = 8) -
             f"{cfg.model.dtype}, {cfg.parallel}",
             f"batch:       {t.micro_batch} x {t.grad_accum} accum x {plan.world_size} ranks = {global_batch} sequences "
             f"x {t.seq_len} tokens = {tokens:,} tokens/step; {t.max_steps} steps = {tokens * t.max_steps:,} tokens",
-            f"optimizer:   AdamW lr {cfg.optim.lr:g} betas {tuple(cfg.optim.betas)} {cfg.optim.schedule}, "
+            f"optimizer:   AdamW lr {cfg.optim.lr:g} betas {tuple(cfg.optim.betas)} {cfg.optim.schedule} over "
+            f"{cfg.optim.schedule_steps or t.max_steps} steps, "
             f"checkpoint every {cfg.checkpoint.every_steps} steps (keep {cfg.checkpoint.keep_last})",
         ]
     lines += [

@@ -12,7 +12,6 @@ into a `StageStatus` given the Slurm states. Torch-free, like the rest of the lo
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -26,8 +25,9 @@ import yaml
 from jobs.slurm_launcher import job_states, live_states
 from saul import exit_codes
 from saul.config.errors import ConfigError, did_you_mean
-from saul.config.schema import STAGES
+from saul.config.schema import STAGES, ResilienceConfig
 from saul.resilience import ledger
+from saul.resilience.node_exclusion import excluded_nodes
 from saul.rundir import RunDir
 from saul.train.checkpoint import list_step_dirs, read_manifest
 
@@ -141,6 +141,7 @@ class StageFiles:
     checkpoint: Optional[Tuple[int, float]]  # (step, created) of the newest readable checkpoint
     last_activity: Optional[float]
     prepared: bool  # stage=prepare only: its dataset manifest exists
+    excluded_nodes: List[str] = field(default_factory=list)  # what the next sbatch excludes (capped), oldest first
 
 
 # ---------------------------------------------------------------- reading the files
@@ -171,12 +172,7 @@ def tail_records(path: Path, want_steps: int = THROUGHPUT_WINDOW) -> List[dict]:
             lines = fh.read(size - start).splitlines()
             if start > 0:
                 lines = lines[1:]  # the first line is cut by the seek
-            records = []
-            for line in lines:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut by a kill mid-write
+            records = ledger.parse(lines)
             steps = sum(1 for r in records if "step" in r and "event" not in r)
             if start == 0 or steps >= want_steps or span >= METRICS_TAIL_MAX_BYTES:
                 return records
@@ -213,7 +209,7 @@ def load_stage(stage_dir: os.PathLike) -> StageFiles:
     return StageFiles(
         rundir=rundir, config=config, records=ledger.read(rundir.ledger), metrics_tail=tail_records(rundir.metrics),
         checkpoint=newest_checkpoint(rundir.checkpoints), last_activity=max(times) if times else None,
-        prepared=prepared,
+        prepared=prepared, excluded_nodes=list(excluded_nodes(rundir.ledger, max_excluded_nodes(config))),
     )
 
 
@@ -263,15 +259,10 @@ def summarize_attempts(records: Sequence[dict]) -> AttemptSummary:
     return summary
 
 
-def excluded_nodes(records: Sequence[dict]) -> List[str]:
-    """Nodes excluded and not cleared since (saul.resilience.node_exclusion writes both events)."""
-    current: Dict[str, None] = {}
-    for r in records:
-        if r.get("event") == "node_excluded" and r.get("node"):
-            current[str(r["node"])] = None
-        elif r.get("event") == "node_cleared":
-            current.pop(str(r.get("node")), None)
-    return sorted(current)
+def max_excluded_nodes(config: dict) -> int:
+    """The cap sbatch applies (resilience.max_excluded_nodes), the schema's default for a config without it."""
+    cap = (config.get("resilience") or {}).get("max_excluded_nodes")
+    return int(cap) if cap is not None else ResilienceConfig.max_excluded_nodes
 
 
 def requeue_verdict(records: Sequence[dict]) -> Optional[str]:
@@ -392,7 +383,7 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
                                     files.checkpoint[0] if files.checkpoint else None,
                                     ends[-1].get("step_end") if ends else None),
         checkpoint=checkpoint,
-        excluded_nodes=excluded_nodes(files.records),
+        excluded_nodes=files.excluded_nodes,
         requeue_verdict=requeue_verdict(files.records),
         config_changes=events.get("config_change", 0),
         other_events={k: v for k, v in sorted(events.items()) if k not in KNOWN_EVENTS},

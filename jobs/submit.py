@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable witho
 
 from omegaconf import OmegaConf  # noqa: E402
 
+from jobs.frozen_config import check_layout, freeze_or_check, load_frozen, resolve_schedule_steps  # noqa: E402
 from saul import exit_codes  # noqa: E402
 from saul.config.compose import compose  # noqa: E402
 from saul.config.errors import ConfigError  # noqa: E402
@@ -54,13 +55,14 @@ def prepare_submission(argv):
         cfg.dry_run = True
     warnings = validate(cfg)
     rundir = RunDir.from_config(cfg)
-    if cfg.dry_run:
+    resolve_schedule_steps(cfg, load_frozen(rundir.config))
+    for check in (check_data, check_layout):
         try:
-            check_data(cfg, rundir)
+            check(cfg, rundir)
         except ConfigError as exc:
+            if not cfg.dry_run:
+                raise
             warnings.append(f"when run for real: {exc}")
-    else:
-        check_data(cfg, rundir)
     return composed, cfg, rundir, warnings
 
 
@@ -157,7 +159,6 @@ def launch_slurm(cfg, rundir: RunDir) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from jobs.frozen_config import freeze_or_check
     from jobs.plan import describe, make_plan
 
     try:

@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from saul.data.atomic import write_json_atomic  # standard library only, like this module
+
 FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "NNodes", "NodeList", "Start", "End",
           "ElapsedRaw", "ConsumedEnergyRaw", "AllocTRES")
 # The capture runs before the requeue decision, inside the time the pre-timeout signal leaves:
@@ -272,21 +274,7 @@ def capture(stage_dir: os.PathLike, job_id: str, settle_s: float = DEFAULT_SETTL
 
 def write_atomic(path: Path, document: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=1)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:  # not unlink(missing_ok=True): host pythons of HPE Cray OS can be 3.7
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_json_atomic(path, document)
 
 
 def load_capture(path: os.PathLike) -> dict:

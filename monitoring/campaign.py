@@ -37,7 +37,6 @@ from monitoring import accounting
 from monitoring.power_log import MeterRun, load_power_dir
 from saul.resilience import ledger
 from saul.resilience.after_job import classify
-from saul.train.metrics import read_metrics  # torch-free, like everything here
 
 # Attempts whose work after the last checkpoint is redone by the next one.
 LOSSY_CLASSES = ("crash", "hang", "node_failure", "killed", "timeout", "cancelled", "user_error")
@@ -412,7 +411,7 @@ def collect_stage(stage_dir: Path, run: Optional[str] = None, now: Optional[floa
     now = time.time() if now is None else now
     rows = [_build_row(a, run, stage_dir.name, site, i == len(attempts) - 1, now)
             for i, a in enumerate(attempts)]
-    metrics = read_metrics(stage_dir / "metrics.jsonl")
+    metrics = ledger.read(stage_dir / "metrics.jsonl")
     _tokens(rows, attempts, metrics)
     _lost_energy(rows, attempts, metrics)
     return Campaign(rows, notes, f"run {run} stage {stage_dir.name}")

@@ -46,7 +46,6 @@ import yaml
 from monitoring.campaign import is_stage_dir, list_runs
 from saul.resilience import ledger
 from saul.resilience.after_job import classify
-from saul.train.metrics import read_metrics
 
 FAILURE_CLASSES = ("crash", "hang", "node_failure", "lost", "killed")
 PLANNED_CLASSES = ("done", "stopped", "preempted", "cancelled", "user_error")
@@ -428,7 +427,7 @@ def collect_stage(stage_dir: Path, run: Optional[str] = None) -> Optional[StageG
     records = ledger.read(stage_dir / "ledger.jsonl")
     if not any(r.get("event") == "attempt_start" for r in records):
         return None
-    return analyse(records, read_metrics(stage_dir / "metrics.jsonl"), read_config(stage_dir),
+    return analyse(records, ledger.read(stage_dir / "metrics.jsonl"), read_config(stage_dir),
                    run or stage_dir.parent.name, stage_dir.name)
 
 

@@ -139,8 +139,8 @@ def compose(overrides: Iterable[str], env: Mapping[str, str] = os.environ) -> Co
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{ov.input_line}: {_omegaconf_message(exc)}") from None
 
-    if not cfg.run:
-        cfg.run = f"{cfg.stage}-{cfg.model.name}"
+    if not cfg.run:  # one name for every stage of a model: prepare, then cpt, then anneal meet in runs/<model>/
+        cfg.run = cfg.model.name
     if cfg.nproc == 0:
         cfg.nproc = cfg.site.default_nproc
     if cfg.time_limit_min == 0:

@@ -36,6 +36,12 @@ def available_sites() -> Dict[str, Path]:
 
 def load_site_file(name: str):
     sites = available_sites()
+    if not sites:
+        looked = " and ".join(str(d) for d in site_dirs())
+        raise ConfigError(
+            f"no site files in {looked}: install from a checkout with `pip install -e .` (site_configs/ stays "
+            f"in the checkout) or point ${SITE_DIR_ENV} at a directory of site files"
+        )
     if name not in sites:
         raise ConfigError(
             f"unknown site '{name}'{did_you_mean(name, sites)}; available: {', '.join(sorted(sites))}"

@@ -29,11 +29,18 @@ def write_bytes_atomic(path: os.PathLike, data: bytes | memoryview, sync_dir: bo
     path = Path(path)
     # The pid in the temp name keeps two writers of the same file from clobbering each other.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill mid-write leaves the old file and no temp beside it
+        try:  # not unlink(missing_ok=True): the batch-script host's python3 can be 3.7 (HPE Cray OS)
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
     if sync_dir:
         fsync_dir(path.parent)
     return path

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from saul.data.atomic import fsync_dir, write_json_atomic
+
 log = logging.getLogger("saul.checkpoint")
 
 FORMAT_VERSION = 1
@@ -39,14 +41,6 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -58,16 +52,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def list_step_dirs(root: Path) -> List[Tuple[int, Path]]:

@@ -19,7 +19,10 @@ from saul.train.model import build_model
 
 
 def lr_lambda(optim_cfg, max_steps: int):
+    """LR factor per optimizer step. The horizon is optim.schedule_steps (frozen at the first submit, so a
+    later train.max_steps change never bends the curve under a resume); 0 (old configs) = max_steps."""
     warmup, floor = optim_cfg.warmup_steps, optim_cfg.min_lr_ratio
+    max_steps = getattr(optim_cfg, "schedule_steps", 0) or max_steps
 
     def factor(step: int) -> float:
         if warmup and step < warmup:

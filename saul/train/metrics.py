@@ -1,4 +1,6 @@
-"""metrics.jsonl: one line per logged step, written by rank 0, append-only and flushed per line."""
+"""metrics.jsonl: one line per logged step, written by rank 0, append-only and flushed per line.
+
+Read it back with saul.resilience.ledger.read, the one JSONL reader."""
 from __future__ import annotations
 
 import json
@@ -33,15 +35,3 @@ class MetricsWriter:
             self._fh.close()
             self._fh = None
 
-
-def read_metrics(path: Path) -> list:
-    """All complete records (a line cut by a kill is skipped)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out

@@ -10,7 +10,7 @@ from typing import Dict, List
 
 import psutil
 
-from saul.train.metrics import read_metrics
+from saul.resilience import ledger
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
@@ -37,7 +37,7 @@ def start(*args: str) -> subprocess.Popen:
 
 def records(path: Path) -> List[dict]:
     """Every complete JSON line of a metrics or ledger file (the toolkit's own reader)."""
-    return read_metrics(path)
+    return ledger.read(path)
 
 
 def step_records(metrics: Path) -> List[dict]:

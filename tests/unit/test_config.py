@@ -43,8 +43,14 @@ def test_tiny_preset_overrides_only_what_a_cpu_needs():
 def test_command_line_wins_and_run_name_is_derived():
     cfg = cfg_of("stage=cpt", "model=tiny-mixtral", "optim.lr=1e-3", "train.max_steps=7", "optim.betas=[0.9,0.95]")
     assert cfg.optim.lr == 1e-3 and cfg.train.max_steps == 7 and list(cfg.optim.betas) == [0.9, 0.95]
-    assert cfg.run == "cpt-tiny-mixtral"
     assert cfg_of("model=tiny-mixtral", "run=mine").run == "mine"
+
+
+def test_default_run_name_is_the_model_for_every_stage():
+    """stage=prepare then stage=cpt without run= must meet in one run directory (same data)."""
+    names = {stage: cfg_of(f"stage={stage}", "model=tiny-mixtral").run for stage in ("prepare", "cpt", "anneal")}
+    assert set(names.values()) == {"tiny-mixtral"}
+    assert cfg_of("stage=cpt", "model=tiny-mixtral", "model.name=my-mixtral").run == "my-mixtral"
 
 
 def test_open_dict_keys_accept_new_entries():
@@ -86,6 +92,7 @@ def test_site_from_environment_then_cluster_name(tmp_path):
         ("train.seq_len=100000", "exceeds model.max_position_embeddings"),
         ("nodes", "is not a key=value override"),
         ("optim.lr=[", "cannot parse override"),
+        ("optim.schedule_steps=-1", "optim.schedule_steps=-1 is out of range"),
     ],
 )
 def test_bad_input_is_one_clear_line(override, message):
@@ -111,3 +118,25 @@ def test_schema_keys_cover_nested_sections():
     keys = schema_keys()
     assert "optim.lr" in keys and "site.container.image" in keys and "train.seq_len" in keys
     assert keys["site.env"] is True  # open dict
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc", "cpt/../../x", "cpt/", "..", ".", "final", "prepare", "anneal",
+                                  "cpt\n", "CPT", " cpt"])
+def test_init_from_stage_accepts_only_a_stage_name(name):
+    """model.init_from_stage is joined into runs/<run>/<name>/final by the ranks: anything but another
+    model stage of the run is refused, with the list of what is accepted."""
+    with pytest.raises(ConfigError) as err:
+        cfg_of("stage=anneal", "model=tiny-mixtral", f"model.init_from_stage={name!r}")
+    text = str(err.value)
+    assert text.startswith("model.init_from_stage=") and "is not a stage this one can start from: use one of cpt" in text
+    assert "\n" not in text
+
+
+def test_init_from_stage_names_another_model_stage():
+    assert cfg_of("stage=anneal", "model=tiny-mixtral", "model.init_from_stage=cpt").model.init_from_stage == "cpt"
+    assert cfg_of("stage=cpt", "model=tiny-mixtral", "model.init_from_stage=anneal").model.init_from_stage == "anneal"
+
+
+def test_a_zero3_model_too_big_for_the_nodes_asks_for_more_nodes():
+    with pytest.raises(ConfigError, match=r"GB of GPU memory per device: add nodes$"):
+        cfg_of("stage=cpt", "model=mixtral-8x7b", "site=adastra", "nodes=1")

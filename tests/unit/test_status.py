@@ -178,7 +178,7 @@ def test_unknown_events_are_counted_and_excluded_nodes_listed(tmp_path):
     s = run_status.stage_status(stage, {"11": "PENDING"}, now=NOW)
 
     assert s.other_events == {"failure": 2, "hang": 1}
-    assert s.excluded_nodes == ["nid001", "nid002"]
+    assert s.excluded_nodes == ["nid002", "nid001"]  # exclusion order, as sbatch's --exclude gets them
     assert s.requeue_verdict == "stop: 3 crashes in a row without a new checkpoint (budget 3)"
     assert (s.nodes, s.nproc, s.site) == (4, 8, "lumi")  # the newest submission's shape
 
@@ -416,3 +416,20 @@ def test_cancel_cli_needs_a_known_run(tmp_path):
     assert unknown.stderr == f"error: no run 'legl' under {tmp_path} (did you mean 'legal'?)\n"
     missing = run_cli("cancel.py", f"runs_root={tmp_path}")
     assert missing.returncode == 2 and "run=NAME" in missing.stderr
+
+
+def test_status_shows_the_capped_exclusion_list_that_sbatch_uses(tmp_path):
+    """One function decides which nodes a run excludes: status shows exactly what the next sbatch gets."""
+    from saul.resilience.node_exclusion import excluded_nodes
+
+    stage = make_stage(tmp_path, scheduler="slurm")
+    config = OmegaConf.load(stage / "config.yaml")
+    config.resilience = {"max_excluded_nodes": 2}
+    (stage / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    for node in ("nid001", "nid002", "nid003"):
+        record(stage, event="node_excluded", node=node, reason="NODE_FAIL")
+
+    s = run_status.stage_status(stage, {}, now=NOW)
+
+    assert s.excluded_nodes == ["nid002", "nid003"]  # the oldest drops first
+    assert s.excluded_nodes == list(excluded_nodes(stage / "ledger.jsonl", 2))
