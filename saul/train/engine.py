@@ -1,8 +1,8 @@
 """Two ways to hold a model across ranks behind one interface: plain DDP and DeepSpeed ZeRO-3.
 
-The step loop only calls `micro_step`, `optimizer_step`, `save_files`, `load_files`,
-`export_final`; everything backend-specific (no_sync, ZeRO partitions, DeepSpeed's own
-checkpoint layout) stays here.
+The step loop only calls `micro_step`, `optimizer_step`, `save_files`, `load_files`, and hands
+`module` (the HF model, ZeRO-3-partitioned or whole) to saul.train.export; everything
+backend-specific (no_sync, ZeRO partitions, DeepSpeed's own checkpoint layout) stays here.
 """
 from __future__ import annotations
 
@@ -109,9 +109,6 @@ class DDPEngine:
         self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
         set_rng_state(torch.load(directory / f"rng-rank{rank:05d}.pt", weights_only=False))
 
-    def full_state_dict(self) -> dict:
-        return self.module.state_dict()
-
 
 class Zero3Engine:
     """DeepSpeed ZeRO stage 3: parameters, gradients and optimizer state sharded over all ranks."""
@@ -138,7 +135,6 @@ class Zero3Engine:
                 "contiguous_gradients": True,
                 # 0: shard every parameter, even a tiny model's (the default keeps small ones whole)
                 "stage3_param_persistence_threshold": 0,
-                "stage3_gather_16bit_weights_on_model_save": True,
             },
             # torch_adam: no JIT-compiled fused Adam (needs a compiler and ~65 s on first use on CPU)
             "optimizer": {"type": "AdamW", "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps,
@@ -182,10 +178,6 @@ class Zero3Engine:
         if path is None:
             raise RuntimeError(f"DeepSpeed found no ZeRO-3 checkpoint under {directory}/zero3")
         set_rng_state(torch.load(directory / f"rng-rank{rank:05d}.pt", weights_only=False))
-
-    def full_state_dict(self) -> dict:
-        """Collective: gathers parameters layer by layer onto rank 0 (other ranks get an empty dict)."""
-        return self.engine._zero3_consolidated_16bit_state_dict() or {}
 
 
 def _null():

@@ -241,21 +241,10 @@ class CausalLMTrainer:
         })
 
     def export_final(self) -> None:
-        """`final/`: an HF-format model directory (config, safetensors, tokenizer) for the next stage."""
-        state = self.engine.full_state_dict()  # collective under ZeRO-3
-        if self.info.is_main:
-            out = self.rundir.root / "final"
-            tmp = self.rundir.root / ".tmp-final"
-            import shutil
+        """`final/`: an HF-format model directory (config, sharded safetensors, tokenizer) for the next
+        stage, one module at a time (no rank holds the whole model), swapped in atomically."""
+        from saul.train.export import export_final
 
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            tokenizer_dir = self.dataset.path / "tokenizer"
-            if tokenizer_dir.is_dir():
-                for f in tokenizer_dir.iterdir():
-                    shutil.copy2(f, tmp / f.name)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-            self.say(f"final model written to {out}")
-        barrier()
+        out = export_final(self.engine.module, self.rundir.root, self.cfg.checkpoint.export_shard_gb, self.info.rank,
+                           self.info.world_size, self.dataset.path / "tokenizer", barrier, _gather)
+        self.say(f"final model written to {out}")
