@@ -73,7 +73,8 @@ def document_facts(doc: LegalDocument) -> DocumentFacts:
             kind="contract", label=f"a {title.lower()}",
             date=_first(r"entered into as of (\w+ \d+, \d{4})", intro),
             parties=f"{a} and {b}", identifier=f"Section {governing.split()[0]}",
-            detail=f"the laws of the State of {_first(r'laws of the State of ([A-Z][a-z]+(?: [A-Z][a-z]+)?)', governing)}",
+            detail="the laws of the State of "
+                   + _first(r"laws of the State of ([A-Z][a-z]+(?: [A-Z][a-z]+)?)", governing),
             excerpt="\n".join([title, _clip_intro(intro), "[...]", governing.split(", without")[0] + "."]))
     if doc.kind == "statute":
         first_section = next(line for line in lines if line.startswith("§ "))
