@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: never look for a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from monitoring.units import J_PER_KWH, energy_unit, format_energy  # noqa: E402
+
 # The range the paper's Figure 6 shows for its 1,800 jobs on ADASTRA (MI250X nodes): a
 # reference band, so a reader sees at once whether our nodes draw comparable power.
 PAPER_RANGE_W = (600.0, 2500.0)
@@ -78,15 +80,18 @@ def energy_per_stage(totals, path: Path) -> Optional[Path]:
     if not bars:
         return None
     fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(bars) + 2), 3.8))
+    # One unit for the axis, the one that shows the largest bar without an exponent (kWh, Wh or J).
+    unit, j_per_unit = energy_unit(max(t.kwh for t in bars) * J_PER_KWH)
+    scale = J_PER_KWH / j_per_unit
     labels = [t.label for t in bars]
-    kept = [t.kwh - t.lost_kwh for t in bars]
-    lost = [t.lost_kwh for t in bars]
+    kept = [(t.kwh - t.lost_kwh) * scale for t in bars]
+    lost = [t.lost_kwh * scale for t in bars]
     ax.bar(labels, kept, color="#4c72b0", label="useful")
     ax.bar(labels, lost, bottom=kept, color="#dd8452", hatch="//", label="lost to failures")
     for i, t in enumerate(bars):
-        ax.text(i, t.kwh, f"{t.kwh:,.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, max(t.kwh for t in bars) * 1.12)  # room for the value labels
-    ax.set_ylabel("energy (kWh)")
+        ax.text(i, t.kwh * scale, format_energy(t.kwh * J_PER_KWH, unit), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(t.kwh for t in bars) * scale * 1.12)  # room for the value labels
+    ax.set_ylabel(f"energy ({unit})")
     ax.set_title("Energy per stage")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -35,11 +35,11 @@ if __package__ in (None, ""):  # run as a script: make the repo importable witho
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitoring import accounting, campaign as campaign_mod, co2, export, goodput  # noqa: E402
+from monitoring.units import J_PER_KWH, format_co2, format_energy  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 KEYS = ("run", "runs_root", "kind", "sacct", "out", "format", "country")
 KINDS = ("all", "energy", "goodput")
-J_PER_KWH = 3.6e6
 
 
 class BadInput(Exception):
@@ -115,11 +115,8 @@ def _num(value, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
-def _amount(value: Optional[float]) -> str:
-    """kWh or kg readable at both ends: a campaign's 65,480.4 and a test job's 0.000731."""
-    if value is None:
-        return "–"
-    return f"{value:,.3f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+def _energy(kwh: Optional[float]) -> str:
+    return format_energy(None if kwh is None else kwh * J_PER_KWH)
 
 
 def _when(seconds: Optional[float]) -> str:
@@ -135,11 +132,11 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[object]]) -> List[str
 
 
 def _totals_table(groups: Sequence[Totals], name: str) -> List[str]:
-    lines = [[t.label, t.attempts, t.failures, _amount(t.kwh), _num(t.node_hours, 1), _num(t.gpu_hours, 1),
-              _amount(t.co2_kg) + (" (partial)" if t.co2_partial and t.co2_kg is not None else ""),
-              _num(t.tokens_per_kwh, 0), f"{_amount(t.lost_kwh)} ({t.lost_share:.1%})"] for t in groups]
-    return _table([name, "attempts", "failed", "kWh", "node-h", "GPU-h", "kg CO2eq", "tokens/kWh",
-                   "lost kWh (share)"], lines)
+    lines = [[t.label, t.attempts, t.failures, _energy(t.kwh), _num(t.node_hours, 1), _num(t.gpu_hours, 1),
+              format_co2(t.co2_kg) + (" (partial)" if t.co2_partial and t.co2_kg is not None else ""),
+              _num(t.tokens_per_kwh, 0), f"{_energy(t.lost_kwh)} ({t.lost_share:.1%})"] for t in groups]
+    return _table([name, "attempts", "failed", "energy", "node-h", "GPU-h", "CO2eq", "tokens/kWh",
+                   "lost to failures (share)"], lines)
 
 
 def render(result, total: Totals, by_stage: Sequence[Totals], by_run: Sequence[Totals],
@@ -156,11 +153,11 @@ def render(result, total: Totals, by_stage: Sequence[Totals], by_run: Sequence[T
     intensity = "; ".join(f"{c} {co2.carbon_intensity(c).g_per_kwh:.1f} g/kWh" for c in countries)
     md += ["## Summary", "",
            f"- attempts: {total.attempts} ({total.failures} failed), jobs: {len({(r.run, r.job_id) for r in rows})}",
-           f"- energy: **{_amount(total.kwh)} kWh** ({_amount(total.estimated_kwh)} kWh of it estimated)",
+           f"- energy: **{_energy(total.kwh)}** ({_energy(total.estimated_kwh)} of it estimated)",
            f"- node-hours: {_num(total.node_hours, 1)}, GPU-hours: {_num(total.gpu_hours, 1)}",
-           f"- CO2eq: {_amount(total.co2_kg)} kg" + (f" (codecarbon offline intensity: {intensity})" if intensity else ""),
+           f"- CO2eq: {format_co2(total.co2_kg)}" + (f" (codecarbon offline intensity: {intensity})" if intensity else ""),
            f"- tokens kept per kWh: {_num(total.tokens_per_kwh, 0)}",
-           f"- energy lost to failures: {_amount(total.lost_kwh)} kWh ({total.lost_share:.1%} of the total)"]
+           f"- energy lost to failures: {_energy(total.lost_kwh)} ({total.lost_share:.1%} of the total)"]
     compared = [r.slurm_rel_diff for r in rows if r.slurm_rel_diff is not None]
     if compared:
         md.append(f"- our meter vs Slurm's meter step: {len(compared)} attempt(s), mean difference "
@@ -196,10 +193,10 @@ def _lost_section(rows, total: Totals) -> List[str]:
     if not lossy:
         return md + ["No energy was lost to failures.", ""]
     lines = [[r.run, r.stage, r.job_id, r.restart, r.failure_class, _num(r.lost_s, 0), _num(r.recovery_s, 0),
-              _amount(r.lost_energy_j / J_PER_KWH)] for r in lossy]
+              format_energy(r.lost_energy_j)] for r in lossy]
     lines.append(["**total**", "", "", "", f"{len(lossy)} failures", "", "",
-                  f"**{_amount(total.lost_kwh)}** ({total.lost_share:.1%})"])
-    return md + _table(["run", "stage", "job", "restart", "class", "redone s", "recovery s", "lost kWh"],
+                  f"**{_energy(total.lost_kwh)}** ({total.lost_share:.1%})"])
+    return md + _table(["run", "stage", "job", "restart", "class", "redone s", "recovery s", "lost"],
                        lines) + [""]
 
 
@@ -217,10 +214,9 @@ def _slurm_section(rows) -> List[str]:
                "but the step starts earlier (srun launch and Python start-up before our first sample), so Slurm "
                "reads slightly more. The allocation's figure is not compared: Slurm sums every step into it, "
                "and the meter step overlaps the ranks' step.", ""]
-    lines = [[r.job_id, r.restart, r.slurm_scope, _amount(r.metered_energy_j and r.metered_energy_j / J_PER_KWH),
-              _amount(r.slurm_energy_j / J_PER_KWH),
+    lines = [[r.job_id, r.restart, r.slurm_scope, format_energy(r.metered_energy_j), format_energy(r.slurm_energy_j),
               "–" if r.slurm_rel_diff is None else f"{r.slurm_rel_diff:+.2%}"] for r in pairs]
-    return md + _table(["job", "restart", "Slurm row", "ours kWh", "Slurm kWh", "difference"], lines) + [""]
+    return md + _table(["job", "restart", "Slurm row", "ours", "Slurm", "difference"], lines) + [""]
 
 
 def _jobs_section(rows) -> List[str]:
@@ -228,11 +224,11 @@ def _jobs_section(rows) -> List[str]:
     for r in rows:
         nodes = f"{r.nodes}" + (f" ({','.join(r.node_names)})" if r.node_names and len(r.node_names) <= 4 else "")
         lines.append([r.run, r.stage, r.job_id, r.restart, nodes, _when(r.start), _num(r.duration_s, 0),
-                      _num(r.mean_power_per_node_w, 0), _amount(r.energy_j and r.energy_j / J_PER_KWH),
+                      _num(r.mean_power_per_node_w, 0), format_energy(r.energy_j),
                       _num(r.gpu_hours, 2), r.source + (" (estimated)" if r.estimated else ""),
                       r.failure_class])
     return ["## Per job attempt", ""] + _table(
-        ["run", "stage", "job", "restart", "nodes", "start", "s", "W/node", "kWh", "GPU-h", "source", "end"],
+        ["run", "stage", "job", "restart", "nodes", "start", "s", "W/node", "energy", "GPU-h", "source", "end"],
         lines) + [""]
 
 
@@ -349,14 +345,14 @@ def print_summary(result, written: Dict[str, Path]) -> None:
 
     console = Console(width=110)
     table = Table(title=f"Energy: {result.scope}", title_justify="left")
-    for column in ("stage", "attempts", "failed", "kWh", "node-h", "GPU-h", "kg CO2eq", "lost kWh"):
+    for column in ("stage", "attempts", "failed", "energy", "node-h", "GPU-h", "CO2eq", "lost to failures"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     groups = grouped(result.rows, lambda r: r.stage)
     all_rows = totals("total", result.rows)
     for i, t in enumerate(groups + [all_rows]):
-        table.add_row(t.label, str(t.attempts), str(t.failures), _amount(t.kwh), f"{t.node_hours:,.1f}",
-                      f"{t.gpu_hours:,.1f}", "n/a" if t.co2_kg is None else _amount(t.co2_kg),
-                      f"{_amount(t.lost_kwh)} ({t.lost_share:.1%})", end_section=i == len(groups) - 1)
+        table.add_row(t.label, str(t.attempts), str(t.failures), _energy(t.kwh), f"{t.node_hours:,.1f}",
+                      f"{t.gpu_hours:,.1f}", "n/a" if t.co2_kg is None else format_co2(t.co2_kg),
+                      f"{_energy(t.lost_kwh)} ({t.lost_share:.1%})", end_section=i == len(groups) - 1)
     console.print(table)
     if not any(r.energy_j is not None for r in result.rows):
         console.print("no power data: no attempt had a meter file or a Slurm energy figure")
