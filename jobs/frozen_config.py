@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from saul.config.errors import ConfigError
 from saul.config.schema import RunConfig
+from saul.config.validate import data_dir
 from saul.data.atomic import write_text_atomic
 from saul.resilience import ledger
 from saul.train.checkpoint import list_step_dirs, read_manifest
@@ -109,19 +110,18 @@ def check_layout(cfg, rundir) -> None:
     name, state = found
     t = cfg.train
     world = cfg.nodes * cfg.nproc
-    asked = f"this submit asks nodes={cfg.nodes} x nproc={cfg.nproc} = {world} ranks"
     old_world = state.get("world_size")
+    if old_world is None or old_world == world:
+        return  # same layout; a changed micro_batch or grad_accum is freeze_or_check's to refuse, by key
+    asked = f"this submit asks nodes={cfg.nodes} x nproc={cfg.nproc} = {world} ranks"
     final = rundir.root / "final"
-    way_out = (
-        f"submit with the original layout ({_layout_of(rundir.ledger, old_world)})" if old_world else
-        "submit with the original layout"
-    )
+    way_out = f"submit with the original layout ({_layout_of(rundir.ledger, old_world)})"
     if (final / "config.json").is_file():
-        way_out += (f", or train on from its final model in a new stage or run (e.g. stage=anneal "
-                    f"model.init_from_stage={cfg.stage})")
+        way_out += (f", or train on from its final model under a new name (run=<new name> model.path={final} "
+                    f"data.path={data_dir(cfg, rundir)})")
     else:
         way_out += ", or start over under a new name (run=<new name>)"
-    if state.get("parallel") == "zero3" and old_world is not None and old_world != world:
+    if state.get("parallel") == "zero3":
         raise ConfigError(
             f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} holds ZeRO-3 shards for {old_world} ranks and {asked}; "
             f"resuming on another world size is not supported yet: {way_out}"

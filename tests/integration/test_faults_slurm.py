@@ -146,7 +146,7 @@ def test_a_node_set_down_is_excluded_and_the_run_continues_elsewhere(slurm_clust
 
 def test_a_configuration_error_is_not_retried(slurm_cluster, packed_data, tmp_path):
     runs = tmp_path / "runs"
-    job = submit(slurm_cluster, *args(runs, packed_data, "bad", "model.init_from_stage=pretrain"))
+    job = submit(slurm_cluster, *args(runs, packed_data, "bad", "model.init_from_stage=anneal"))
     stage = runs / "bad" / "cpt"
     ends = wait_until_done(stage)
     assert len(ends) == 1 and ends[0]["class"] == "user_error" and ends[0]["action"] == "stop"
@@ -155,7 +155,7 @@ def test_a_configuration_error_is_not_retried(slurm_cluster, packed_data, tmp_pa
     assert rows[0]["ExitCode"] == "2:0"
     assert sum(1 for r in rows if "." not in r["JobID"]) == 1  # ran once: no requeue
     log = next((stage / "logs" / "slurm").glob("*_0_log.out")).read_text()
-    assert "error: model.init_from_stage=pretrain: no final model" in log
+    assert "error: model.init_from_stage=anneal: no final model" in log
 
 
 class _Alive:

@@ -50,7 +50,8 @@ def test_raising_max_steps_keeps_the_lr_schedule_and_a_layout_change_is_refused(
     [line] = wider.stderr.strip().splitlines()
     assert line.startswith("error: ") and "checkpoint step-00000003 was made with a global batch of 8" in line
     assert "submit with the original layout (nodes=1 nproc=1)" in line
-    assert "model.init_from_stage=cpt" in line  # the stage finished: its final/ model is a way on
+    # the stage finished: its final/ model is a way on, under a new name
+    assert f"run=<new name> model.path={stage}/final data.path={packed_data})" in line
     assert snapshot(stage) == before
 
     longer = e2e.submit(*args, "train.max_steps=6")
