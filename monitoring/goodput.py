@@ -421,11 +421,15 @@ def read_config(stage_dir: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
+NO_STEP_LOOP = ("prepare", "eval")  # stages whose attempts train no steps
+
+
 def collect_stage(stage_dir: Path, run: Optional[str] = None) -> Optional[StageGoodput]:
     """None for a stage without training attempts (data preparation, a stage never started)."""
     stage_dir = Path(stage_dir)
     records = ledger.read(stage_dir / "ledger.jsonl")
-    if not any(r.get("event") == "attempt_start" for r in records):
+    # Every stage writes attempt records; only the step-loop stages have a goodput.
+    if not any(r.get("event") == "attempt_start" and r.get("stage") not in NO_STEP_LOOP for r in records):
         return None
     return analyse(records, ledger.read(stage_dir / "metrics.jsonl"), read_config(stage_dir),
                    run or stage_dir.parent.name, stage_dir.name)

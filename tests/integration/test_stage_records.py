@@ -33,3 +33,9 @@ def test_the_energy_report_counts_prepare_as_done_and_prints_small_energies_with
     assert cells[-1] == "0 J (0.0%)", row  # nothing lost to failures
     assert not re.search(r"\de-\d", md), "an energy or CO2 figure printed with an exponent"
     assert "No energy was lost to failures." in md
+
+
+def test_goodput_leaves_out_a_stage_that_trains_no_steps(packed_data):
+    from monitoring import goodput
+
+    assert goodput.collect_stage(packed_data.parent / "prepare") is None  # it has attempts, but no step loop
