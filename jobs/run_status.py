@@ -217,8 +217,8 @@ def load_stage(stage_dir: os.PathLike) -> StageFiles:
 
 def scheduler_of(files: StageFiles) -> str:
     site = files.config.get("site") or {}
-    if site.get("scheduler"):
-        return str(site["scheduler"])
+    if site.get("scheduler"):  # the site file's word: "slurm", or "none" for the local site
+        return "slurm" if site["scheduler"] == "slurm" else "local"
     return "slurm" if any(r.get("event") == "submitted" for r in files.records) else "local"
 
 

@@ -36,7 +36,8 @@ def make_stage(root: Path, run: str = "legal", stage: str = "cpt", scheduler: st
                max_steps: int = 100, nodes: int = 1, nproc: int = 2) -> Path:
     stage_dir = root / run / stage
     stage_dir.mkdir(parents=True)
-    site = {"name": "local" if scheduler == "local" else "lumi", "scheduler": scheduler}
+    # config.yaml as submit freezes it: the local site's scheduler is "none"
+    site = {"name": "local", "scheduler": "none"} if scheduler == "local" else {"name": "lumi", "scheduler": scheduler}
     cfg = OmegaConf.create({"stage": stage, "run": run, "runs_root": str(root), "nodes": nodes, "nproc": nproc,
                             "time_limit_min": 60, "site": site, "train": {"max_steps": max_steps, "log_every": 1}})
     (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
