@@ -18,7 +18,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from saul.data.atomic import fsync_dir
 from saul.data.dataset import DatasetError, PackedDataset
@@ -30,6 +30,7 @@ from saul.data.tokenizer import tokenizer_fingerprint, train_tokenizer
 SOURCES = ("synthetic",)
 CORPUS_FILE = "corpus.jsonl"
 TOKENIZER_DIR = "tokenizer"
+AUDIT_DIR = "audit"  # removed.jsonl, kept.jsonl, report.md (saul.data.audit)
 
 
 def prepare_inputs(cfg_data: Any, seq_len: int, seed: int) -> dict:
@@ -72,7 +73,7 @@ def _check_replaceable(out: Path) -> None:
     if not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a directory; refusing to replace it")
     foreign = [p.name for p in out.iterdir()
-               if p.name not in (MANIFEST_FILE, CORPUS_FILE, TOKENIZER_DIR)
+               if p.name not in (MANIFEST_FILE, CORPUS_FILE, TOKENIZER_DIR, AUDIT_DIR)
                and not fnmatch.fnmatch(p.name, SHARD_GLOB) and not p.name.startswith(".")]
     if foreign:
         raise DatasetError(f"{out}: holds files that are not part of a packed dataset "
@@ -101,7 +102,12 @@ def prepare_dataset(cfg_data: Any, seq_len: int, seed: int, out_dir: os.PathLike
     found = existing_dataset(out, inputs)
     if found is not None:
         return found
+    return install_atomically(out, inputs, lambda tmp: _build(tmp, inputs, samples_per_shard))
 
+
+def install_atomically(out: Path, inputs: dict, build: Callable[[Path], dict]) -> dict:
+    """Run `build(tmp)` in a sibling temporary directory and rename the result onto `out`:
+    `out` is the old dataset, the new one, or briefly absent, never half-written."""
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Unique names: two prepares racing on the same out_dir never share a temp directory.
@@ -110,7 +116,7 @@ def prepare_dataset(cfg_data: Any, seq_len: int, seed: int, out_dir: os.PathLike
     old = out.with_name(f".{out.name}.old-{tag}")
     tmp.mkdir()
     try:
-        manifest = _build(tmp, inputs, samples_per_shard)
+        manifest = build(tmp)
         fsync_dir(tmp)
         try:
             # out_dir is briefly absent: a reader sees "no dataset", never half of one.

@@ -83,10 +83,12 @@ def load_tokenizer(directory: os.PathLike):
     path = directory / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no tokenizer here (run stage=prepare)")
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(path), bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        clean_up_tokenization_spaces=False, chat_template=MIXTRAL_CHAT_TEMPLATE,
-    )
+    specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD}
+    special_map = directory / "special_tokens_map.json"
+    if special_map.is_file():  # Mixtral's tokenizer pads with <unk>: it has no <pad>
+        specials.update(json.loads(special_map.read_text(encoding="utf-8")))
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False,
+                                   chat_template=MIXTRAL_CHAT_TEMPLATE, **specials)
 
 
 # The parts of tokenizer.json that decide which ids a text becomes and how ids decode.

@@ -1,0 +1,196 @@
+"""Step 2: normalization and the paper's rule-based cleaning, then the document-level rules.
+
+`clean_text` repairs what extraction leaves behind, in this order, each rule counted:
+    nfkc          Unicode NFKC (ligatures, full-width forms, non-breaking spaces), controls dropped
+    html_tags     tags left in dumps (<p>, </div>, <br/>) and their entities (&amp; -> &)
+    headers       running headers/footers: a line in the first or last two lines of at least half
+                  of the pages (digits ignored, so "Page 3 of 9" matches "Page 4 of 9"); pages are
+                  the form feeds pdftotext writes
+    page_numbers  a line that is only a page number ("12", "- 12 -", "Page 12", "Page 3 of 9")
+    line_numbers  transcript line numbers: a run of >= 5 lines starting with consecutive numbers
+    hyphenation   "obli-\\ngation" -> "obligation" (a lower-case letter continues the word)
+    broken_lines  a line break inside a sentence (next line starts lower-case) -> a space
+    repeated_chars  a run of >= 10 identical non-alphanumeric characters (dot leaders, rules)
+    whitespace    runs of spaces/tabs -> one space; 3+ line breaks -> a blank line
+The paper's "most common 10-grams were repeated characters and whitespace": the last two rules.
+
+`document_verdict` then decides whether a cleaned document stays: `empty` (nothing left),
+`rule` (fewer than data.min_words words, or less than half of its characters letters: tables of
+numbers, base64, mojibake) or `repetition` (more than 80 % of its words inside word 10-grams
+that occur more than once: boilerplate loops, spam). Torch-free, pure Python.
+"""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\u200b-\u200f\u2028\u2029\ufeff]")
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]{0,500})?/?>")
+_ENTITY = re.compile(r"&(?:[A-Za-z]{2,8}|#\d{1,6}|#x[0-9A-Fa-f]{1,6});")
+_PAGE_NUMBER = re.compile(r"^\s*(?:(?:page|p\.)\s*)?[-–—]?\s*\d{1,4}\s*[-–—]?\s*(?:(?:of|/)\s*\d{1,4})?\s*$",
+                          re.IGNORECASE)
+_LINE_NUMBER = re.compile(r"^\s*(\d{1,3})(?:\s+|$)(?=\S|$)")
+_HYPHEN = re.compile(r"([A-Za-z])-\n[ \t]*([a-z])")
+_BROKEN = re.compile(r"([^\n.:;!?\"”)\]])\n[ \t]*(?=[a-z(])")
+_REPEATED = re.compile(r"([^\w\s])\1{9,}")
+_SPACES = re.compile(r"[ \t]+")
+_BLANKS = re.compile(r"\n{3,}")
+_DIGITS = re.compile(r"\d+")
+_MIN_LINE_RUN = 5  # consecutive numbered lines that make a transcript
+_HEADER_ZONE = 2  # lines at each end of a page that may be a running header/footer
+_MIN_PAGES_FOR_HEADERS = 2
+REPETITION_NGRAM = 10
+MAX_REPEATED_SHARE = 0.80  # template-heavy legal text (contracts, codes) repeats a lot; spam is ~100 %
+MIN_LETTER_SHARE = 0.5
+
+
+@dataclass
+class Cleaned:
+    text: str
+    hits: Counter = field(default_factory=Counter)  # rule -> times it fired
+
+
+def clean_text(text: str) -> Cleaned:
+    hits: Counter = Counter()
+    out = unicodedata.normalize("NFKC", text)
+    if out != text:
+        hits["nfkc"] += 1
+    out, n = _CONTROL.subn("", out)
+    hits["nfkc"] += n
+    out, n = _TAG.subn(" ", out)
+    hits["html_tags"] += n
+    if n or _ENTITY.search(out):
+        unescaped = html.unescape(out)
+        hits["html_tags"] += unescaped != out
+        out = unescaped
+    pages = out.split("\f")
+    if sum(1 for page in pages if page.strip()) >= _MIN_PAGES_FOR_HEADERS:
+        pages, n = _drop_running_lines(pages)
+        hits["headers"] += n
+    lines: List[str] = []
+    for page in pages:
+        # Line numbers first: a numbered blank line ("7") is not a page number.
+        page_lines, n = _strip_line_numbers(page.split("\n"))
+        hits["line_numbers"] += n
+        kept = [line for line in page_lines if not _PAGE_NUMBER.match(line) or not line.strip()]
+        hits["page_numbers"] += len(page_lines) - len(kept)
+        lines.extend(kept)
+        lines.append("")  # a page break ends a paragraph only if the text says so (below)
+    out = "\n".join(line.rstrip() for line in lines)
+    out = _join_across_page_breaks(out)
+    out, n = _HYPHEN.subn(r"\1\2", out)
+    hits["hyphenation"] += n
+    out, n = _BROKEN.subn(r"\1 ", out)
+    hits["broken_lines"] += n
+    out, n = _REPEATED.subn(" ", out)
+    hits["repeated_chars"] += n
+    out, n = _SPACES.subn(_one_space, out)
+    hits["whitespace"] += n
+    out = "\n".join(line.strip() for line in out.split("\n"))
+    out, n = _BLANKS.subn("\n\n", out)
+    hits["whitespace"] += n
+    return Cleaned(out.strip(), +hits)
+
+
+def _one_space(match: re.Match) -> str:
+    return " "
+
+
+def _header_key(line: str) -> str:
+    return _DIGITS.sub("#", line.strip().lower())
+
+
+def _drop_running_lines(pages: List[str]) -> Tuple[List[str], int]:
+    """Remove lines that repeat at the top or bottom of at least half of the pages."""
+    zones = []
+    for page in pages:
+        lines = [line for line in page.split("\n") if line.strip()]
+        zones.append({_header_key(l) for l in lines[:_HEADER_ZONE] + lines[-_HEADER_ZONE:]})
+    counts = Counter(key for zone in zones for key in zone)
+    real_pages = sum(1 for page in pages if page.strip())
+    running = {key for key, c in counts.items()
+               if c >= max(_MIN_PAGES_FOR_HEADERS, (real_pages + 1) // 2) and key.strip("# ")}
+    if not running:
+        return pages, 0
+    removed = 0
+    out = []
+    for page in pages:
+        lines = page.split("\n")
+        idx = [i for i, line in enumerate(lines) if line.strip()]
+        zone = set(idx[:_HEADER_ZONE] + idx[-_HEADER_ZONE:])
+        keep = []
+        for i, line in enumerate(lines):
+            if i in zone and _header_key(line) in running:
+                removed += 1
+            else:
+                keep.append(line)
+        out.append("\n".join(keep))
+    return out, removed
+
+
+def _strip_line_numbers(lines: List[str]) -> Tuple[List[str], int]:
+    """Strip leading numbers from runs of >= 5 lines numbered n, n+1, n+2, ..."""
+    numbers: List[Optional[int]] = []
+    for line in lines:
+        m = _LINE_NUMBER.match(line)
+        numbers.append(int(m.group(1)) if m else None)
+    strip = [False] * len(lines)
+    i = 0
+    while i < len(lines):
+        if numbers[i] is None:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(lines) and numbers[j + 1] is not None and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        if j - i + 1 >= _MIN_LINE_RUN:
+            for k in range(i, j + 1):
+                strip[k] = True
+        i = j + 1
+    out = [_LINE_NUMBER.sub("", line, count=1) if s else line for line, s in zip(lines, strip)]
+    return out, sum(strip)
+
+
+def _join_across_page_breaks(text: str) -> str:
+    """A paragraph cut by a page break continues when the next page starts lower-case."""
+    return re.sub(r"([^\n.:;!?])\n\n+(?=[a-z])", r"\1\n", text)
+
+
+def words(text: str) -> List[str]:
+    return text.split()
+
+
+def repeated_share(tokens: List[str], n: int = REPETITION_NGRAM) -> float:
+    """Share of words that lie inside a word n-gram occurring more than once."""
+    if len(tokens) < 2 * n:
+        return 0.0
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    counts = Counter(grams)
+    covered = [False] * len(tokens)
+    for i, gram in enumerate(grams):
+        if counts[gram] > 1:
+            for k in range(i, i + n):
+                covered[k] = True
+    return sum(covered) / len(tokens)
+
+
+def document_verdict(text: str, min_words: int) -> Tuple[str, str]:
+    """("", "") to keep the cleaned document, else (reason, detail)."""
+    if not text:
+        return "empty", "no text left after cleaning"
+    tokens = words(text)
+    if len(tokens) < min_words:
+        return "rule", f"{len(tokens)} words < data.min_words={min_words}"
+    visible = sum(1 for ch in text if not ch.isspace())
+    letters = sum(1 for ch in text if ch.isalpha())
+    if visible and letters / visible < MIN_LETTER_SHARE:
+        return "rule", f"letters are {letters / visible:.0%} of the characters (< {MIN_LETTER_SHARE:.0%})"
+    share = repeated_share(tokens)
+    if share > MAX_REPEATED_SHARE:
+        return "repetition", (f"{share:.0%} of the words are in repeated {REPETITION_NGRAM}-grams "
+                              f"(> {MAX_REPEATED_SHARE:.0%})")
+    return "", ""

@@ -1,0 +1,310 @@
+"""Step 1 of the prepare pipeline: find a source's files and turn each into documents.
+
+A source is `{path, role, weight, format, text_field, name}` (schema.SourceConfig). `path` is a
+directory (walked recursively, hidden files skipped) or a glob; the format comes from the file
+extension when `format: auto`. Per format:
+    pdf      Poppler's `pdftotext` (pages kept apart by form feeds, which the cleaner uses to
+             find running headers and page numbers); an encrypted or corrupt PDF is a skip
+    html     trafilatura's main-content extraction (drops navigation, footers, cookie banners;
+             well kept, pure Python on lxml, and the extractor most web-corpus pipelines compare
+             against); a page with no main content is `empty`
+    txt      strict UTF-8; binary content (NUL bytes) or another encoding is a skip
+    jsonl    one JSON object per line, the document in `text_field`; a bad line is a skip of
+             that record only
+    parquet  pyarrow, the document in column `text_field`
+    synthetic  data.num_documents documents from saul.data.synthetic (demos and tests)
+A file or record that cannot be read becomes an `Extracted` with `skip` set (reason
+`extraction_failed` or `empty`) and the pipeline counts it: one bad file never stops the stage.
+A source whose path does not exist or holds no files is a configuration error (DatasetError).
+
+doc_id: the file's path relative to the source root, plus `#N` for record N (0-based) of a
+JSONL/Parquet file. Torch-free.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+from saul.data.dataset import DatasetError
+
+FORMATS = ("auto", "pdf", "txt", "html", "jsonl", "parquet", "synthetic")
+ROLES = ("legal", "replay", "math", "instruct")
+_EXTENSIONS = {".pdf": "pdf", ".txt": "txt", ".text": "txt", ".md": "txt", ".html": "html",
+               ".htm": "html", ".xhtml": "html", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".parquet": "parquet"}
+_GLOB_CHARS = set("*?[")
+_PDFTOTEXT_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Source:
+    """A validated data.sources entry."""
+
+    index: int
+    name: str
+    root: Path  # what doc_ids are relative to
+    pattern: str  # the glob, or "" for a directory
+    role: str
+    weight: Optional[float]
+    format: str
+    text_field: str
+
+
+@dataclass(frozen=True)
+class InputFile:
+    source: int  # index into the source list
+    path: Path
+    rel: str  # path relative to the source root (the doc_id stem)
+    format: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Extracted:
+    doc_id: str
+    text: str = ""
+    skip: str = ""  # "" = a document; else extraction_failed | empty
+    detail: str = ""
+
+
+def resolve_sources(cfg_data) -> List[Source]:
+    """data.sources as `Source`s, checked: every mistake is one DatasetError line."""
+    base = Path(cfg_data.root) if cfg_data.root else Path.cwd()
+    sources, names = [], set()
+    for i, spec in enumerate(cfg_data.sources):
+        where = f"data.sources[{i}]"
+        if spec.format not in FORMATS:
+            raise DatasetError(f"{where}.format={spec.format!r} is unknown: use {', '.join(FORMATS)}")
+        if spec.role not in ROLES:
+            raise DatasetError(f"{where}.role={spec.role!r} is unknown: use {', '.join(ROLES)}")
+        if spec.weight is not None and not 0.0 < spec.weight < 1.0:
+            raise DatasetError(f"{where}.weight={spec.weight} is out of range: a token share in (0, 1), "
+                               f"or leave it unset for a legal source")
+        if spec.format == "synthetic":
+            name = spec.name or "synthetic"
+            root, pattern = Path("."), ""
+        else:
+            if not spec.path:
+                raise DatasetError(f"{where}.path is empty: give a directory or a glob")
+            path = Path(os.path.expanduser(spec.path))
+            path = path if path.is_absolute() else base / path
+            if _GLOB_CHARS & set(str(path)):
+                root = Path(*[p for p in _prefix_parts(path)])
+                pattern = str(path)
+            else:
+                root, pattern = path, ""
+                if not path.exists():
+                    raise DatasetError(f"{where}.path={spec.path}: {path} does not exist")
+            name = spec.name or (root.name or str(root))
+        if name in names:
+            name = f"{name}-{i}"
+        names.add(name)
+        sources.append(Source(i, name, root, pattern, spec.role, spec.weight, spec.format,
+                              spec.text_field))
+    if not sources:
+        raise DatasetError("data.sources is empty")
+    if sum(s.weight or 0.0 for s in sources) >= 1.0:
+        raise DatasetError("data.sources weights add up to >= 1: the legal sources need a share")
+    if not any(s.weight is None for s in sources):
+        raise DatasetError("every data.sources entry has a weight: leave at least one (the legal "
+                           "sources) unset, it takes the remaining share")
+    return sources
+
+
+def _prefix_parts(path: Path) -> List[str]:
+    parts = []
+    for part in path.parts:
+        if _GLOB_CHARS & set(part):
+            break
+        parts.append(part)
+    return parts
+
+
+def format_of(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    suffixes = path.suffixes
+    ext = suffixes[-1].lower() if suffixes else ""
+    return _EXTENSIONS.get(ext, "")
+
+
+def list_files(source: Source) -> List[InputFile]:
+    """The source's files in a stable order (sorted relative paths)."""
+    if source.format == "synthetic":
+        return [InputFile(source.index, Path("synthetic"), "synthetic", "synthetic", 0, 0)]
+    if source.pattern:
+        candidates = [Path(p) for p in glob.glob(source.pattern, recursive=True)]
+    elif source.root.is_file():
+        candidates = [source.root]
+    else:
+        candidates = [Path(d) / f for d, dirs, files in os.walk(source.root)
+                      for f in files]
+    files = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        rel = path.name if path == source.root else str(path.relative_to(source.root))
+        if any(part.startswith(".") for part in Path(rel).parts):
+            continue  # editor swap files, our own temp files
+        st = path.stat()
+        files.append(InputFile(source.index, path, rel, format_of(path, source.format),
+                               st.st_size, st.st_mtime_ns))
+    if not files:
+        what = source.pattern or source.root
+        raise DatasetError(f"data.sources[{source.index}] ({source.name}): no files in {what}")
+    return sorted(files, key=lambda f: f.rel)
+
+
+def require_pdftotext() -> str:
+    exe = shutil.which("pdftotext")
+    if exe is None:
+        raise DatasetError("pdftotext not found: PDF sources need Poppler (Debian/Ubuntu: "
+                           "apt-get install poppler-utils; it is in the project's images)")
+    return exe
+
+
+def extract(file: InputFile, text_field: str = "text", num_synthetic: int = 0,
+            seed: int = 0) -> Iterator[Extracted]:
+    """The documents of one file; failures come back as skips, never as exceptions."""
+    fmt = file.format
+    if fmt == "synthetic":
+        from saul.data.synthetic import generate_corpus
+
+        for i, doc in enumerate(generate_corpus(num_synthetic, seed)):
+            yield Extracted(f"synthetic#{i}", doc.text)
+        return
+    if not fmt:
+        yield Extracted(file.rel, skip="extraction_failed",
+                        detail=f"unknown file type {file.path.suffix or '(no extension)'}: set the "
+                               f"source's format")
+        return
+    try:
+        if fmt == "pdf":
+            yield _one(file.rel, _pdf_text(file.path))
+        elif fmt == "html":
+            yield _one(file.rel, _html_text(file.path.read_bytes()))
+        elif fmt == "txt":
+            yield _one(file.rel, _decode(file.path.read_bytes()))
+        elif fmt == "jsonl":
+            yield from _jsonl(file, text_field)
+        elif fmt == "parquet":
+            yield from _parquet(file, text_field)
+        else:
+            raise ValueError(f"unsupported format {fmt}")
+    except _Unreadable as exc:
+        yield Extracted(file.rel, skip="extraction_failed", detail=str(exc))
+    except OSError as exc:
+        yield Extracted(file.rel, skip="extraction_failed", detail=f"cannot read: {exc.strerror or exc}")
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _one(doc_id: str, text: Optional[str]) -> Extracted:
+    if text is None or not text.strip():
+        return Extracted(doc_id, skip="empty", detail="no text extracted")
+    return Extracted(doc_id, text)
+
+
+def _decode(data: bytes) -> str:
+    if b"\x00" in data[:65536]:
+        raise _Unreadable("binary content (NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          f"convert it, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _pdf_text(path: Path) -> str:
+    exe = require_pdftotext()
+    try:
+        proc = subprocess.run([exe, "-q", "-enc", "UTF-8", "-eol", "unix", str(path), "-"],
+                              capture_output=True, timeout=_PDFTOTEXT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise _Unreadable(f"pdftotext ran over {_PDFTOTEXT_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        # pdftotext exit codes: 1 open error (corrupt, not a PDF), 3 permission (encrypted).
+        why = {1: "cannot open: corrupt or not a PDF", 3: "encrypted (copy permission denied)"}
+        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise _Unreadable(f"pdftotext: {why.get(proc.returncode, f'exit {proc.returncode}')}"
+                          + (f" ({msg[-1][:120]})" if msg else ""))
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def _html_text(data: bytes) -> Optional[str]:
+    import trafilatura
+
+    if b"\x00" in data[:65536]:
+        raise _Unreadable("binary content (NUL bytes), not HTML")
+    try:
+        html = data.decode("utf-8")
+    except UnicodeDecodeError:
+        html = data.decode("cp1252", "replace")  # legacy pages; trafilatura would guess the same
+    # favor_precision: boilerplate left in is worse for us than a sentence lost.
+    return trafilatura.extract(html, include_comments=False, include_tables=True,
+                               favor_precision=True, deduplicate=False)
+
+
+def _record_text(record, text_field: str) -> str:
+    if not isinstance(record, dict):
+        raise _Unreadable(f"a JSON {type(record).__name__}, not an object")
+    if text_field not in record:
+        raise _Unreadable(f"no field {text_field!r} (set the source's text_field)")
+    value = record[text_field]
+    if not isinstance(value, str):
+        raise _Unreadable(f"field {text_field!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def _jsonl(file: InputFile, text_field: str) -> Iterator[Extracted]:
+    with open(file.path, "rb") as f:
+        for n, line in enumerate(f):
+            doc_id = f"{file.rel}#{n}"
+            if not line.strip():
+                continue
+            try:
+                text = _record_text(json.loads(_decode(line)), text_field)
+            except _Unreadable as exc:
+                yield Extracted(doc_id, skip="extraction_failed", detail=str(exc))
+                continue
+            except json.JSONDecodeError as exc:
+                yield Extracted(doc_id, skip="extraction_failed", detail=f"bad JSON: {exc.msg}")
+                continue
+            yield _one(doc_id, text)
+
+
+def _parquet(file: InputFile, text_field: str) -> Iterator[Extracted]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(file.path)
+        if text_field not in reader.schema_arrow.names:
+            raise _Unreadable(f"no column {text_field!r} (columns: "
+                              f"{', '.join(reader.schema_arrow.names[:8])}); set text_field")
+        n = 0
+        for batch in reader.iter_batches(columns=[text_field], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                doc_id = f"{file.rel}#{n}"
+                n += 1
+                if not isinstance(value, str):
+                    yield Extracted(doc_id, skip="extraction_failed",
+                                    detail=f"{text_field!r} is {type(value).__name__}, not a string")
+                else:
+                    yield _one(doc_id, value)
+    except (pa.ArrowException, OSError) as exc:
+        raise _Unreadable(f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+
+
+def files_for(sources: Sequence[Source]) -> List[InputFile]:
+    """Every input file of every source, sources in order, files sorted within each."""
+    return [f for source in sources for f in list_files(source)]

@@ -1,0 +1,329 @@
+"""The real prepare stage: data.sources -> cleaned, filtered, deduplicated, mixed, packed dataset.
+
+Two phases, on the stage's N ranks (no process group: ranks meet through the filesystem):
+  1. per input shard (files dealt round-robin into shards; rank r takes shards r, r+N, ...):
+     extraction -> cleaning -> perplexity -> decontamination -> MinHash signatures. A shard's
+     results go to <work>/shard-NNNNN/ and its `done.json` marker is written last, so a killed
+     or requeued prepare redoes only the shards without one.
+  2. on rank 0, once every marker is there: exact dedup, near dedup (buckets, clusters,
+     filter), the model's tokenizer, tokenization, mixture, packing and the audit files, all
+     in a temporary directory renamed onto the dataset path (saul.data.prepare).
+The work directory is named after the inputs' fingerprint (sources, file sizes and mtimes,
+every setting): changed inputs never reuse stale shards, and the same inputs reuse the
+finished dataset. Torch-free.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from saul.data import audit, clean, dedup, extract, mixture, model_tokenizer
+from saul.data.atomic import write_bytes_atomic, write_json_atomic
+from saul.data.dataset import DatasetError
+from saul.data.packing import DEFAULT_SAMPLES_PER_SHARD, FORMAT_VERSION, pack_documents
+from saul.data.prepare import TOKENIZER_DIR, existing_dataset, install_atomically
+from saul.data.tokenizer import backend_tokenizer, train_tokenizer
+
+PIPELINE_VERSION = 1
+DONE_MARKER = "done.json"
+_ENCODE_CHUNK = 512
+_WAIT_POLL_S = 1.0
+
+
+@dataclass
+class Outcome:
+    status: str  # "done" (rank 0: dataset ready), "shards_done" (other ranks), "stopped"
+    manifest: Optional[dict] = None
+    shards_run: int = 0
+    shards_total: int = 0
+
+
+def _file_id(path: Path) -> Dict:
+    st = path.stat()
+    return {"path": str(path.absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def pipeline_inputs(cfg_data, model_name: str, model_path: str, seq_len: int, seed: int,
+                    files: Sequence[extract.InputFile], sources: Sequence[extract.Source],
+                    num_shards: int) -> dict:
+    """Everything that decides the dataset's bytes (a dataset made from equal inputs is reused)."""
+    settings = {k: cfg_data[k] for k in ("tokenizer", "max_perplexity", "min_words", "minhash_ngram",
+                                         "minhash_bands", "minhash_rows", "tokenizer_vocab_size",
+                                         "num_documents")}
+    return {
+        "pipeline_version": PIPELINE_VERSION,
+        "format_version": FORMAT_VERSION,
+        "sources": [{"name": s.name, "root": str(s.root.absolute()), "pattern": s.pattern, "role": s.role,
+                     "weight": s.weight, "format": s.format, "text_field": s.text_field} for s in sources],
+        "files": [[f.source, f.rel, f.format, f.size, f.mtime_ns] for f in files],
+        "kenlm_model": _file_id(Path(cfg_data.kenlm_model)) if cfg_data.kenlm_model else None,
+        "decontaminate": [_file_id(p) for p in _decontam_files(cfg_data)],
+        "tokenizer_choice": model_tokenizer.choose(cfg_data.tokenizer, model_name, model_path),
+        "settings": settings, "seq_len": int(seq_len), "seed": int(seed), "num_shards": num_shards,
+    }
+
+
+def _decontam_files(cfg_data) -> List[Path]:
+    from saul.data.decontaminate import eval_files
+
+    return eval_files(list(cfg_data.decontaminate)) if cfg_data.decontaminate else []
+
+
+def fingerprint(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def work_dir_for(out: Path, inputs: dict) -> Path:
+    return out.with_name(f".{out.name}.work-{fingerprint(inputs)[:16]}")
+
+
+def shard_dir(work: Path, index: int) -> Path:
+    return work / f"shard-{index:05d}"
+
+
+class _ShardRunner:
+    """Phase 1 for one shard; all the per-document steps with their counters."""
+
+    def __init__(self, cfg_data, sources: Sequence[extract.Source], seed: int):
+        from saul.data.decontaminate import ContaminationIndex
+        from saul.data.perplexity import PerplexityScorer
+
+        self.cfg, self.sources, self.seed = cfg_data, sources, seed
+        self.scorer = PerplexityScorer(cfg_data.kenlm_model) if cfg_data.kenlm_model else None
+        self.index = ContaminationIndex.from_paths(list(cfg_data.decontaminate))
+        self.signer = dedup.Signer(cfg_data.minhash_ngram)
+        if any(s.format in ("pdf", "auto") for s in sources):
+            pass  # pdftotext is checked when the first PDF is met (a corpus may have none)
+
+    def run(self, files: Sequence[tuple[int, extract.InputFile]], out: Path,
+            should_stop: Callable[[], bool]) -> bool:
+        kept, removed, sigs = [], [], []
+        stats: Counter = Counter()
+        rule_hits: Counter = Counter()
+        for file_index, f in files:
+            if should_stop():
+                return False
+            src = self.sources[f.source]
+            for n, ex in enumerate(extract.extract(f, src.text_field, self.cfg.num_documents, self.seed)):
+                doc = self._one(src, ex, stats, rule_hits, removed)
+                if doc is not None:
+                    doc["o"] = [file_index, n]
+                    kept.append(doc)
+                    sigs.append(self.signer.signature(doc["text"]))
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out / "docs.jsonl", audit.jsonl_bytes(kept), sync_dir=False)
+        write_bytes_atomic(out / "removed.jsonl", audit.jsonl_bytes(removed), sync_dir=False)
+        sig = np.stack(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
+        write_bytes_atomic(out / "signatures.u32", sig.astype("<u4").tobytes(), sync_dir=False)
+        rows = [{"step": step, "source": source, key: value}
+                for (step, source, key), value in stats.items()]
+        write_json_atomic(out / DONE_MARKER, {"docs": len(kept), "stats": rows,
+                                              "rule_hits": dict(rule_hits)})
+        return True
+
+    def _one(self, src, ex, stats: Counter, rule_hits: Counter, removed: list) -> Optional[dict]:
+        name = src.name
+
+        def step(step_name: str, words_in: int, reason: str = "", detail: str = "", words_out: int = 0):
+            stats[(step_name, name, "docs_in")] += 1
+            stats[(step_name, name, "words_in")] += words_in
+            if reason:
+                removed.append({"source": name, "doc_id": ex.doc_id, "step": step_name,
+                                "reason": reason, "detail": detail})
+                return False
+            stats[(step_name, name, "docs_out")] += 1
+            stats[(step_name, name, "words_out")] += words_out
+            return True
+
+        raw_words = len(ex.text.split()) if ex.text else 0
+        if not step("extraction", 0, ex.skip, ex.detail, raw_words):
+            return None
+        cleaned = clean.clean_text(ex.text)
+        rule_hits.update(cleaned.hits)
+        words = len(cleaned.text.split())
+        reason, detail = clean.document_verdict(cleaned.text, self.cfg.min_words)
+        if not step("cleaning", raw_words, reason, detail, words):
+            return None
+        if self.scorer is not None and src.role == "legal":  # the model knows legal text only
+            ppl = self.scorer.perplexity(cleaned.text)
+            bad = ppl > self.cfg.max_perplexity
+            if not step("perplexity", words, "perplexity" if bad else "",
+                        f"perplexity {ppl:.1f} > {self.cfg.max_perplexity:g}", words):
+                return None
+        if self.index is not None:
+            gram = self.index.match(cleaned.text)
+            if not step("decontamination", words, "decontaminated" if gram else "",
+                        f"shares an evaluation n-gram: {gram!r}", words):
+                return None
+        return {"source": src.index, "doc_id": ex.doc_id, "text": cleaned.text, "words": words}
+
+
+def _read_jsonl(path: Path) -> List[dict]:
+    from saul.resilience.ledger import read
+
+    return list(read(path))
+
+
+def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
+                should_stop: Callable[[], bool] = lambda: False,
+                beat: Callable[[int, str], None] = lambda step, phase: None,
+                say: Callable[[str], None] = lambda msg: None,
+                samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+                wait_timeout_s: float = 7 * 24 * 3600.0) -> Outcome:
+    """Run this rank's part of the prepare pipeline for `cfg` (a RunConfig)."""
+    data = cfg.data
+    out = Path(out_dir).absolute()
+    sources = extract.resolve_sources(data)
+    files = extract.files_for(sources)
+    if any(f.format == "pdf" for f in files):
+        extract.require_pdftotext()
+    num_shards = int(data.num_shards) or min(len(files), 4 * max(world, 1))
+    inputs = pipeline_inputs(data, cfg.model.name, cfg.model.path, cfg.train.seq_len, cfg.seed, files,
+                             sources, num_shards)
+    found = existing_dataset(out, inputs)
+    if found is not None:
+        return Outcome("done" if rank == 0 else "shards_done", found, 0, num_shards)
+    work = work_dir_for(out, inputs)
+    work.mkdir(parents=True, exist_ok=True)
+    shards = [[(i, f) for i, f in enumerate(files) if i % num_shards == s] for s in range(num_shards)]
+    runner = _ShardRunner(data, sources, cfg.seed)
+    ran = 0
+    for s in range(rank, num_shards, world):
+        target = shard_dir(work, s)
+        if (target / DONE_MARKER).is_file():
+            continue
+        beat(s, "train")
+        if not runner.run(shards[s], target, should_stop):
+            return Outcome("stopped", None, ran, num_shards)
+        ran += 1
+        say(f"prepare: shard {s + 1}/{num_shards} done ({len(shards[s])} files)")
+    if rank != 0:
+        return Outcome("shards_done", None, ran, num_shards)
+    deadline = time.time() + wait_timeout_s
+    while not all((shard_dir(work, s) / DONE_MARKER).is_file() for s in range(num_shards)):
+        if should_stop():
+            return Outcome("stopped", None, ran, num_shards)
+        if time.time() > deadline:
+            raise DatasetError(f"prepare: shards still unfinished after {wait_timeout_s:.0f} s in {work}")
+        beat(num_shards, "train")
+        time.sleep(_WAIT_POLL_S)
+    beat(num_shards, "save")
+    manifest = install_atomically(out, inputs, lambda tmp: _merge(tmp, cfg, inputs, sources, work,
+                                                                   num_shards, samples_per_shard, say))
+    shutil.rmtree(work, ignore_errors=True)
+    return Outcome("done", manifest, ran, num_shards)
+
+
+def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
+           samples_per_shard: int, say) -> dict:
+    data = cfg.data
+    docs: List[dict] = []
+    sigs: List[np.ndarray] = []
+    removed: List[dict] = []
+    stats: List[dict] = []
+    rule_hits: Counter = Counter()
+    for s in range(num_shards):
+        d = shard_dir(work, s)
+        marker = json.loads((d / DONE_MARKER).read_text(encoding="utf-8"))
+        shard_docs = _read_jsonl(d / "docs.jsonl")
+        sig = np.frombuffer((d / "signatures.u32").read_bytes(), dtype="<u4").reshape(-1, dedup.NUM_PERM)
+        if len(sig) != len(shard_docs) or marker["docs"] != len(shard_docs):
+            raise DatasetError(f"{d}: documents and signatures disagree; delete {work} and re-run")
+        docs.extend(shard_docs)
+        sigs.append(sig)
+        removed.extend(_read_jsonl(d / "removed.jsonl"))
+        stats.extend(marker["stats"])
+        rule_hits.update(marker["rule_hits"])
+    sig_all = np.concatenate(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
+    order = sorted(range(len(docs)), key=lambda i: docs[i]["o"])
+    docs = [docs[i] for i in order]
+    sig_all = sig_all[order]
+    names = [s.name for s in sources]
+
+    def global_step(step: str, dup_of: Sequence[int], pool: List[dict], reason: str, label: str) -> List[int]:
+        keep = []
+        for i, (doc, j) in enumerate(zip(pool, dup_of)):
+            row = {"step": step, "source": names[doc["source"]], "docs_in": 1, "words_in": doc["words"]}
+            if j < 0:
+                keep.append(i)
+                row.update(docs_out=1, words_out=doc["words"])
+            else:
+                removed.append({"source": names[doc["source"]], "doc_id": doc["doc_id"], "step": step,
+                                "reason": reason, "detail": f"{label} of {pool[j]['doc_id']}"})
+            stats.append(row)
+        return keep
+
+    keep = global_step("exact_dedup", dedup.exact_duplicate_of([dedup.exact_key(d["text"]) for d in docs]),
+                       docs, "exact_duplicate", "duplicate")
+    docs, sig_all = [docs[i] for i in keep], sig_all[keep]
+    keep = global_step("near_dedup", dedup.near_duplicate_of(sig_all, data.minhash_bands, data.minhash_rows),
+                       docs, "near_duplicate", "near-duplicate")
+    docs = [docs[i] for i in keep]
+    if not docs:
+        raise DatasetError("prepare: no document survived the filters (see the counts above); "
+                           "check data.sources and data.max_perplexity")
+    texts = [d["text"] for d in docs]
+    say(f"prepare: {len(docs)} documents after dedup; tokenizing")
+
+    tok_dir = tmp / TOKENIZER_DIR
+    choice = inputs["tokenizer_choice"]
+    tokenizer_info: Dict = {"kind": choice}
+    if choice == "local-bpe":
+        train_tokenizer(texts, int(data.tokenizer_vocab_size), tok_dir)
+    elif choice in model_tokenizer.MISTRAL_FILES:
+        _, compared = model_tokenizer.mistral_directory(choice, tok_dir, texts)
+        tokenizer_info["parity_checked_texts"] = compared
+    else:
+        model_tokenizer.copy_directory(choice, tok_dir)
+        tokenizer_info["kind"] = "directory"
+    backend = backend_tokenizer(tok_dir)
+    tokenizer_info["vocab_size"] = backend.get_vocab_size(with_added_tokens=True)
+    ids: List[List[int]] = []
+    for start in range(0, len(texts), _ENCODE_CHUNK):
+        ids.extend(enc.ids for enc in backend.encode_batch_fast(texts[start:start + _ENCODE_CHUNK],
+                                                                add_special_tokens=False))
+    doc_tokens = [len(x) + 1 for x in ids]  # + the EOS the packer appends
+
+    copies, shares = mixture.plan_mixture(names, [s.weight for s in sources], [d["source"] for d in docs],
+                                          doc_tokens, cfg.seed)
+    packed: List[List[int]] = []
+    kept_audit: List[dict] = []
+    per_source_tokens: Counter = Counter()
+    for doc, tokens, n, row_ids in zip(docs, doc_tokens, copies, ids):
+        name = names[doc["source"]]
+        stats.append({"step": "mixture", "source": name, "docs_in": 1, "words_in": doc["words"],
+                      "docs_out": int(n > 0), "words_out": doc["words"] * n})
+        if n == 0:
+            removed.append({"source": name, "doc_id": doc["doc_id"], "step": "mixture", "reason": "mixture",
+                            "detail": "down-sampled to the source's share"})
+            continue
+        packed.extend([row_ids] * n)
+        per_source_tokens[name] += tokens * n
+        kept_audit.append({"source": name, "doc_id": doc["doc_id"], "tokens": tokens * n, "copies": n})
+
+    summary = {
+        "mixture": mixture.shares_table(shares),
+        "dedup": {"num_perm": dedup.NUM_PERM, "ngram": data.minhash_ngram, "bands": data.minhash_bands,
+                  "rows": data.minhash_rows,
+                  "recall_curve": dedup.recall_curve(data.minhash_bands, data.minhash_rows)},
+        "tokenizer": tokenizer_info,
+        "perplexity": {"model": data.kenlm_model, "max": data.max_perplexity} if data.kenlm_model else None,
+        "decontamination": {"paths": list(data.decontaminate)} if data.decontaminate else None,
+        "cleaning_rule_hits": dict(rule_hits),
+    }
+    funnel = audit.write_audit(tmp / "audit", removed, kept_audit, stats, summary)
+    metadata = {"inputs": inputs, "tokenizer_dir": TOKENIZER_DIR, "tokenizer": tokenizer_info,
+                "source_tokens": dict(per_source_tokens), "steps": funnel, "summary": summary,
+                "removed_by_reason": dict(Counter(r["reason"] for r in removed)), "audit": "audit"}
+    say(f"prepare: packing {sum(per_source_tokens.values())} tokens")
+    return pack_documents(packed, tokenizer=tok_dir, seq_len=int(cfg.train.seq_len), out_dir=tmp,
+                          seed=int(cfg.seed), samples_per_shard=samples_per_shard, metadata=metadata)
