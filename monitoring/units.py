@@ -24,11 +24,11 @@ def energy_unit(joules: float) -> Tuple[str, float]:
 
 
 def format_energy(joules: Optional[float], unit: Optional[str] = None) -> str:
-    """'65,480.400 kWh', '12.3 Wh', '239 J', '0.52 J', '0 J'; '–' when unknown. `unit` forces one."""
+    """'65,480.400 kWh', '12.3 Wh', '239 J', '0.52 J', '0'; '–' when unknown. `unit` forces one."""
     if joules is None:
         return "–"
     if joules == 0 and unit is None:
-        return "0 J"
+        return "0"  # nothing needs no unit, whatever the column's scale
     name, per_unit = (unit, dict((u, p) for u, p, _ in _UNITS)[unit]) if unit else energy_unit(joules)
     value = joules / per_unit
     if name == "kWh":

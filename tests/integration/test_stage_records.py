@@ -30,7 +30,7 @@ def test_the_energy_report_counts_prepare_as_done_and_prints_small_energies_with
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:3] == ["1", "0"], row  # one attempt, not failed
     assert re.fullmatch(r"[\d,.]+ (J|Wh|kWh)", cells[3]), row
-    assert cells[-1] == "0 J (0.0%)", row  # nothing lost to failures
+    assert cells[-1] == "0 (0.0%)", row  # nothing lost to failures
     assert not re.search(r"\de-\d", md), "an energy or CO2 figure printed with an exponent"
     assert "No energy was lost to failures." in md
 

@@ -6,7 +6,7 @@ from monitoring.units import energy_unit, format_co2, format_energy
 
 @pytest.mark.parametrize("joules, shown", [
     (2.357e11, "65,472.222 kWh"), (3.6e6, "1.000 kWh"), (239_000, "66.4 Wh"), (3600, "1.0 Wh"),
-    (3599, "3,599 J"), (239.04, "239 J"), (2.3, "2.3 J"), (0.52, "0.52 J"), (0, "0 J"), (None, "–"),
+    (3599, "3,599 J"), (239.04, "239 J"), (2.3, "2.3 J"), (0.52, "0.52 J"), (0, "0"), (None, "–"),
 ])
 def test_format_energy_picks_the_unit_that_needs_no_exponent(joules, shown):
     assert format_energy(joules) == shown
