@@ -101,11 +101,28 @@ class StageTask:
 
         info = rank_info()
         say = _sayer(info.rank)
-        if info.rank != 0:
-            return {"exit_code": exit_codes.DONE, "reason": "prepare runs on rank 0 only"}
         out = Path(cfg.data.path) if cfg.data.path else rundir.default_data
         t0 = time.time()
-        manifest = prepare_dataset(cfg.data, cfg.train.seq_len, cfg.seed, out)
+        if cfg.data.sources:  # the real pipeline (saul.data.pipeline): every rank takes its shards
+            from saul.data.pipeline import run_prepare
+            from saul.resilience.heartbeat import Heartbeat
+
+            stop = stop_request.current()
+            heartbeat = Heartbeat(rundir.heartbeats, enabled=info.rank == 0, job_id=info.job_id)
+            outcome = run_prepare(cfg, out, info.rank, info.world_size, should_stop=lambda: stop.requested,
+                                  beat=heartbeat.beat, say=say)
+            if outcome.status == "stopped":
+                return {"exit_code": exit_codes.STOPPED, "step": 0,
+                        "reason": f"{stop.describe()}: {outcome.shards_run} shard(s) finished this attempt, "
+                                  f"the rest on resume"}
+            if outcome.status == "shards_done":
+                return {"exit_code": exit_codes.DONE, "step": 0,
+                        "reason": f"{outcome.shards_run} of {outcome.shards_total} shards done on this rank"}
+            manifest = outcome.manifest
+        elif info.rank != 0:
+            return {"exit_code": exit_codes.DONE, "reason": "prepare runs on rank 0 only"}
+        else:
+            manifest = prepare_dataset(cfg.data, cfg.train.seq_len, cfg.seed, out)
         say(f"dataset ready at {out}: {manifest['num_samples']} samples x {manifest['seq_len']} tokens, "
             f"fingerprint {manifest['fingerprint'][:16]} ({time.time() - t0:.1f}s)")
         return {"exit_code": exit_codes.DONE, "reason": "dataset prepared", "step": 0}

@@ -21,7 +21,7 @@ from saul.config.schema import STAGES, RunConfig
 from saul.config.sites import SiteChoice, choose_site, load_site_file
 
 PRESETS = Path(__file__).resolve().parent / "presets"
-GROUPS = ("stage", "model", "site")
+GROUPS = ("stage", "model", "site", "data")  # data=NAME: a mixture preset (presets/data/), optional
 DEFAULT_MODEL = "mixtral-8x7b"  # the product's main target (SaulLM-54B); CPU runs say model=tiny-mixtral
 
 
@@ -127,6 +127,8 @@ def compose(overrides: Iterable[str], env: Mapping[str, str] = os.environ) -> Co
     cfg = _merge(cfg, _load_preset("stage", stage), f"stage preset {stage}")
     cfg = _merge(cfg, _load_preset("model", choices.get("model", DEFAULT_MODEL)), "model preset")
     cfg = _merge(cfg, {"site": load_site_file(site.name)}, f"site file {site.name}.yaml")
+    if "data" in choices:
+        cfg = _merge(cfg, _load_preset("data", choices["data"]), f"data preset {choices['data']}")
 
     keys = schema_keys()
     for ov in rest:

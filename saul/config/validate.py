@@ -78,7 +78,35 @@ def validate(cfg) -> List[str]:
         from saul.eval.inputs import check_config
 
         check_config(cfg)
+    if cfg.stage == "prepare":
+        _validate_prepare(cfg)
     return warnings
+
+
+def _validate_prepare(cfg) -> None:
+    """data.* for the prepare pipeline: ranges, then the sources themselves (paths, formats, shares)."""
+    d = cfg.data
+    if d.max_perplexity <= 0:
+        raise ConfigError(f"data.max_perplexity={d.max_perplexity} is out of range: it must be > 0")
+    for key in ("min_words", "num_shards"):
+        _positive(cfg, f"data.{key}", allow_zero=True)
+    if d.minhash_ngram <= 0 or d.minhash_bands <= 0 or d.minhash_rows <= 0 or d.minhash_bands * d.minhash_rows > 256:
+        raise ConfigError(f"data.minhash_bands x data.minhash_rows = {d.minhash_bands} x {d.minhash_rows} must be "
+                          f"positive and at most the 256 permutations (and minhash_ngram > 0)")
+    if not d.sources:
+        return
+    from saul.data.dataset import DatasetError
+    from saul.data.extract import resolve_sources
+
+    try:
+        resolve_sources(d)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    if d.kenlm_model and not Path(d.kenlm_model).is_file():
+        raise ConfigError(f"data.kenlm_model={d.kenlm_model}: no such file (an ARPA or KenLM binary model)")
+    for i, path in enumerate(d.decontaminate):
+        if not Path(path).exists():
+            raise ConfigError(f"data.decontaminate[{i}]={path}: does not exist")
 
 
 def _validate_init_from_stage(cfg) -> None:
@@ -161,6 +189,14 @@ def check_data(cfg, run_dir) -> None:
         raise ConfigError(
             f"dataset {path} is packed to seq_len={manifest.get('seq_len')} but train.seq_len={cfg.train.seq_len}: "
             "re-run stage=prepare with the same train.seq_len or set train.seq_len to match"
+        )
+    real_model = cfg.model.path or cfg.model.name in ("mixtral-8x7b", "mixtral-8x22b")
+    if real_model and manifest.get("vocab_size") != cfg.model.vocab_size:
+        # A real Mixtral's embeddings are indexed by its own tokenizer's ids: any other vocabulary is noise.
+        raise ConfigError(
+            f"dataset {path} uses a vocabulary of {manifest.get('vocab_size')} tokens but model {cfg.model.name} "
+            f"has {cfg.model.vocab_size}: re-run stage=prepare with model={cfg.model.name} (data.tokenizer=auto "
+            f"packs with the model's own tokenizer)"
         )
     if manifest.get("vocab_size", 0) > cfg.model.vocab_size:
         raise ConfigError(
