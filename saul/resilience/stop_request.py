@@ -41,6 +41,9 @@ class StopRequest:
     def install(self) -> "StopRequest":
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
+        # A launcher may start the rank with these signals blocked, so that one sent before this
+        # point waits (pending) instead of killing the interpreter or reaching submitit: deliver it now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return self
 
     def request(self, reason: str) -> None:

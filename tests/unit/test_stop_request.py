@@ -8,15 +8,25 @@ import textwrap
 from tests.conftest import REPO
 
 
-def run_child(body: str, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_child(body: str, timeout: float = 30, before_install: str = "", **popen) -> subprocess.CompletedProcess:
     """A child that installs the stop request, signals itself as told, and reports what it saw."""
     code = textwrap.dedent("""
         import os, signal, sys, time
         from saul.resilience import stop_request
-        stop = stop_request.install()
         me = os.getpid()
-    """) + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    """) + textwrap.dedent(before_install) + "stop = stop_request.install()\n" + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          **popen)
+
+
+def test_a_signal_sent_while_the_launcher_kept_it_blocked_is_delivered_at_install():
+    """A rank started with USR2 blocked (signal mask inherited across exec) loses no early preemption notice."""
+    child = run_child("print(stop.requested, stop.describe())", before_install="""
+        os.kill(me, signal.SIGUSR2)  # pending: blocked since before the interpreter started
+        time.sleep(0.05)
+    """, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2}))
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "True signal SIGUSR2"
 
 
 def test_a_signal_received_early_is_kept_for_the_training_loop():
