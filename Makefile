@@ -5,12 +5,21 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP := .make
 RUNS ?= runs
 DEMO_RUN ?= demo
+# Raw PDFs/HTML/JSONL/Parquet made by saul.data.raw_corpus for the demo's real prepare pipeline.
+DEMO_RAW = $(abspath $(RUNS))/$(DEMO_RUN)-raw
+LEGALBENCH ?= $(abspath ../shared/data/legalbench)
 
 .PHONY: setup demo test test-slow test-fast bench clean-demo
 
 $(STAMP)/python: setup.cfg pyproject.toml constraints.txt
 	@mkdir -p $(STAMP)
 	$(PIP) -e '.[train,test]'
+	@touch $@
+
+# KenLM (query module + lmplz built from its sdist) and pdftotext for the prepare pipeline (~4 min once).
+$(STAMP)/kenlm: scripts/install-kenlm.sh
+	@mkdir -p $(STAMP)
+	PY=$(PY) bash scripts/install-kenlm.sh
 	@touch $@
 
 $(STAMP)/slurm: scripts/install-slurm-test-deps.sh
@@ -21,11 +30,14 @@ $(STAMP)/slurm: scripts/install-slurm-test-deps.sh
 setup: $(STAMP)/python
 
 # Synthetic legal corpus -> local tokenizer -> packed shards, then CPT of tiny-mixtral with 2 DDP ranks.
-demo: $(STAMP)/python
-	$(PY) jobs/submit.py stage=prepare model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS)
+demo: $(STAMP)/python $(STAMP)/kenlm
+	$(PY) -m saul.data.raw_corpus $(DEMO_RAW) --legalbench $(LEGALBENCH) --kenlm
+	$(PY) jobs/submit.py stage=prepare model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) \
+	  'data.sources=[{path:$(DEMO_RAW)/legal},{path:$(DEMO_RAW)/replay,role:replay,weight:0.02},{path:$(DEMO_RAW)/math,role:math,weight:0.05}]' \
+	  data.kenlm_model=$(DEMO_RAW)/legal.arpa $(if $(wildcard $(LEGALBENCH)),data.decontaminate=[$(LEGALBENCH)])
 	$(PY) jobs/submit.py stage=cpt model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) nproc=2 optim.lr=1e-3 optim.warmup_steps=5
 
-test: $(STAMP)/python $(STAMP)/slurm
+test: $(STAMP)/python $(STAMP)/slurm $(STAMP)/kenlm
 	$(PY) -m pytest -q -ra -m "not slow"
 
 # The slow ones on their own (a real 2-minute Slurm time limit: 3-10 min).
@@ -33,7 +45,7 @@ test-slow: $(STAMP)/python $(STAMP)/slurm
 	$(PY) -m pytest -q -ra -m slow
 
 # Everything but the real-Slurm and slow end-to-end tests (a quick loop while editing).
-test-fast: $(STAMP)/python
+test-fast: $(STAMP)/python $(STAMP)/kenlm
 	$(PY) -m pytest -q -ra -m "not slurm and not slow"
 
 bench: $(STAMP)/python
