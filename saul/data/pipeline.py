@@ -101,8 +101,6 @@ class _ShardRunner:
         self.scorer = PerplexityScorer(cfg_data.kenlm_model) if cfg_data.kenlm_model else None
         self.index = ContaminationIndex.from_paths(list(cfg_data.decontaminate))
         self.signer = dedup.Signer(cfg_data.minhash_ngram)
-        if any(s.format in ("pdf", "auto") for s in sources):
-            pass  # pdftotext is checked when the first PDF is met (a corpus may have none)
 
     def run(self, files: Sequence[tuple[int, extract.InputFile]], out: Path,
             should_stop: Callable[[], bool]) -> bool:
