@@ -10,6 +10,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -80,10 +81,11 @@ class StageTask:
             return {"exit_code": exit_codes.CONFIG_ERROR, "reason": str(exc)}
 
     def _prepare_attempt(self, cfg, rundir: RunDir) -> dict:
-        """The shared attempt records around the prepare body (one process: no process group)."""
+        """The shared attempt records around the prepare body (no process group: rank 0 writes them)."""
         from saul.train.distributed import rank_info
 
-        attempt = Attempt(rundir.ledger, rank_info(), cfg.stage)
+        info = rank_info()
+        attempt = Attempt(rundir.ledger, info, cfg.stage)
         attempt.start()
         with ending_recorded(attempt):
             stop = stop_request.current()
@@ -93,6 +95,7 @@ class StageTask:
             else:
                 result = self._prepare(cfg, rundir)
         attempt.end(result["exit_code"], result["reason"], result.get("step"))
+        leave_together_without_group(stop_request.current(), rundir.heartbeats, info)
         return result
 
     def _prepare(self, cfg, rundir: RunDir) -> dict:
@@ -222,6 +225,9 @@ def _broadcast_int(value: int) -> int:
     return int(t.item())
 
 
+LEAVE_TIMEOUT_S = 600.0  # ranks without a process group wait this long for each other at the end
+
+
 @contextmanager
 def ending_recorded(attempt: Attempt):
     """An error that ends the attempt is in its attempt_end too (rank 0), then goes on up."""
@@ -248,6 +254,30 @@ def leave_together(stop: stop_request.StopRequest) -> None:
 
     stop.leaving()
     barrier()
+
+
+def leave_together_without_group(stop: stop_request.StopRequest, folder: Path, info,
+                                 timeout_s: float = LEAVE_TIMEOUT_S) -> bool:
+    """`leave_together` for ranks that share no process group (prepare's ranks): each rank leaves a
+    marker on the shared filesystem and waits for the others'. False when some never came (a crashed
+    rank: Slurm ends the step anyway)."""
+    stop.leaving()
+    if info.world_size <= 1:
+        return True
+    key = f"leaving-{info.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    here = folder / key
+    here.mkdir(parents=True, exist_ok=True)
+    (here / f"rank{info.rank}").touch()
+    if info.rank == 0:  # every rank left the earlier attempts' meeting points
+        for old in folder.glob("leaving-*"):
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+    deadline = time.time() + timeout_s
+    while sum(1 for _ in here.iterdir()) < info.world_size:
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def exit_now(code: int) -> None:

@@ -78,3 +78,31 @@ def test_a_reason_of_our_own_is_a_request_too_and_the_first_reason_wins():
         print(stop.requested, stop.signal, stop.describe())
     """)
     assert child.stdout.strip() == "True None train.stop_after_steps=2 reached", child.stderr
+
+
+def test_ranks_without_a_process_group_leave_only_when_all_have_arrived(tmp_path):
+    """prepare's ranks: the first to exit 75 would make Slurm SIGTERM the others mid-shard."""
+    code = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from saul.resilience import stop_request
+        from types import SimpleNamespace
+        from saul.stage_entry import leave_together_without_group
+        rank, delay, timeout = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+        time.sleep(delay)
+        info = SimpleNamespace(rank=rank, world_size=2, job_id="77")  # what a RankInfo says
+        arrived = time.time()
+        met = leave_together_without_group(stop_request.install(), Path(sys.argv[4]), info, timeout)
+        print(arrived, time.time(), met)
+    """)
+    (tmp_path / "leaving-76-0").mkdir()  # an earlier attempt's meeting point: rank 0 clears it
+    ranks = [subprocess.Popen([sys.executable, "-c", code, str(rank), str(delay), "60", str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True) for rank, delay in ((0, 0.0), (1, 1.5))]
+    (arrived0, left0, met0), (arrived1, left1, met1) = [
+        [float(x) if x[0].isdigit() else x for x in p.communicate(timeout=60)[0].split()] for p in ranks]
+    assert met0 == met1 == "True"
+    assert left0 >= arrived1 and left1 >= arrived1  # nobody left before the late rank arrived
+    assert not (tmp_path / "leaving-76-0").exists()
+    alone = subprocess.run([sys.executable, "-c", code, "0", "0", "0.5", str(tmp_path / "other")], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert alone.stdout.split()[-1] == "False"  # a rank that never comes (crashed) does not hold it forever
