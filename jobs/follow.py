@@ -1,10 +1,9 @@
 """Show a running stage on the terminal: rank 0's log lines, and a progress bar when stdout is a TTY."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Optional
+from saul.resilience.ledger import parse
 
 
 class Follower:
@@ -44,11 +43,7 @@ class Follower:
         self._metrics_offset, records = self._new_lines(self.metrics_path, self._metrics_offset)
         if self._progress is None:
             return
-        for line in records:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in parse(records):
             if "loss" not in rec:
                 continue
             if self._task is None:
@@ -62,15 +57,3 @@ class Follower:
         if self._progress is not None and self._task is not None:
             self._progress.stop()
 
-
-def last_record(metrics_path: Path) -> Optional[dict]:
-    if not metrics_path.is_file():
-        return None
-    for line in reversed(metrics_path.read_text().splitlines()):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "loss" in rec:
-            return rec
-    return None
