@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
 from saul.resilience.ledger import parse
 
 
