@@ -146,28 +146,55 @@ def watchdog_lines(cfg, rundir: RunDir) -> List[str]:
     ]
 
 
-def port_lines() -> List[str]:
-    """Last before the ranks' srun: a port free on this (the first) node now, outside the ephemeral range,
-    different for each restart of the job (saul.resilience.rendezvous_port). Ranks read MASTER_PORT."""
+def restart_loop_head() -> List[str]:
+    """The ranks' step runs in a loop inside the allocation (saul.resilience.step_restart decides each
+    relaunch); SAUL_STEP_RESTART counts the relaunches of this run (watchdog marker, port, ledger)."""
     return [
-        f'MASTER_PORT=$({HOST_PYTHON} -m saul.resilience.rendezvous_port --job "$SLURM_JOB_ID" '
-        '--restart "${SLURM_RESTART_COUNT:-0}") || { echo "error: no free rendezvous port on $(hostname)" >&2; exit 1; }',
-        "export MASTER_PORT",
-        'echo "rendezvous: $MASTER_ADDR:$MASTER_PORT (restart ${SLURM_RESTART_COUNT:-0} of job $SLURM_JOB_ID)"',
+        "saul_step=0",
+        "while :; do  # one pass per launch of the ranks' step in this allocation",
+        "export SAUL_STEP_RESTART=$saul_step",
+        "saul_step_started=$(date +%s.%N)",
     ]
 
 
+def port_lines() -> List[str]:
+    """Last before the ranks' srun: a port free on this (the first) node now, outside the ephemeral range,
+    different for each restart of the job and each relaunch inside it (saul.resilience.rendezvous_port).
+    Ranks read MASTER_PORT."""
+    return [
+        f'MASTER_PORT=$({HOST_PYTHON} -m saul.resilience.rendezvous_port --job "$SLURM_JOB_ID" '
+        '--restart "$(( ${SLURM_RESTART_COUNT:-0} * 1000 + saul_step ))") '
+        '|| { echo "error: no free rendezvous port on $(hostname)" >&2; exit 1; }',
+        "export MASTER_PORT",
+        'echo "rendezvous: $MASTER_ADDR:$MASTER_PORT (restart ${SLURM_RESTART_COUNT:-0} of job $SLURM_JOB_ID, '
+        'launch $saul_step in this allocation)"',
+    ]
+
+
+def min_time_left_s(cfg) -> int:
+    """A relaunch needs its start-up and a few steps before the stop signal: otherwise requeue instead."""
+    return int(cfg.site.signal_delay_s) + 60
+
+
 def teardown_lines(cfg, rundir: RunDir) -> List[str]:
-    """After srun: stop the meters, then the one requeue path decides (saul.resilience.after_job)."""
+    """After srun: relaunch in the allocation (step_restart) or leave the loop; then stop the meters and
+    let the one requeue path decide (saul.resilience.after_job)."""
+    root = shlex.quote(str(rundir.root))
+    r = cfg.resilience
     lines = ["saul_rc=$?  # srun's exit code: must stay the first teardown line",
-             "kill $SAUL_WATCHDOG_PID 2>/dev/null"]
+             "kill $SAUL_WATCHDOG_PID 2>/dev/null; wait $SAUL_WATCHDOG_PID 2>/dev/null",
+             f"export SAUL_FAILURE_BUDGET={int(r.failure_budget)}",
+             # Crash or hang with budget, nodes and time left: relaunch the ranks here, no requeue.
+             f"{HOST_PYTHON} -m saul.resilience.step_restart {root} $saul_rc --step $saul_step "
+             f"--min-time-left {min_time_left_s(cfg)} --step-started $saul_step_started"
+             + ("" if r.in_job_restart else " --off") + " || break",
+             "saul_step=$((saul_step + 1))",
+             "done"]
     if cfg.energy.enabled:
         lines += ['touch "$SAUL_METER_STOP"', "wait $SAUL_METER_PID 2>/dev/null"]
-    root = shlex.quote(str(rundir.root))
     lines += [
         # Sites purge their accounting database: keep this job's sacct rows (energy too) in the run directory.
         f"{HOST_PYTHON} -m monitoring.accounting capture {root} \"$SLURM_JOB_ID\"",
-        f"export SAUL_FAILURE_BUDGET={int(cfg.resilience.failure_budget)}",
         f"{HOST_PYTHON} -m saul.resilience.after_job {root} $saul_rc",
         "exit $saul_rc",
     ]
@@ -235,7 +262,7 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         "stderr_to_stdout": True,
         "wckey": site.wckey or None,  # submitit would add --wckey=submitit, which wckey-enforcing sites reject
         "setup": (setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir))
-                  + watchdog_lines(cfg, rundir) + port_lines()),
+                  + restart_loop_head() + watchdog_lines(cfg, rundir) + port_lines()),
         "teardown": teardown_lines(cfg, rundir),
         "srun_args": ["--kill-on-bad-exit=1", "--overlap", f"--job-name={RANKS_STEP_NAME}",
                       *cpu_bind_args(site, cfg.nproc), *site.srun_extra],

@@ -3,7 +3,8 @@
 Read from the run directory alone (torch-free, like all of monitoring/):
 
     ledger.jsonl    attempt_start / attempt_end (rank 0), job_end (after_job, or before_job for a
-                    run Slurm ended itself), hang (watchdog), cancelled (jobs/cancel.py)
+                    run Slurm ended itself), step_restart (a relaunch inside the allocation:
+                    saul/resilience/step_restart.py), hang (watchdog), cancelled (jobs/cancel.py)
     metrics.jsonl   step records (step, step_time_s, attempt, time) and checkpoint records
                     ({"event": "checkpoint", "step", "seconds", "attempt"}: the save cost)
     config.yaml     checkpoint.every_steps, train.max_steps, train.log_every
@@ -268,7 +269,8 @@ def _end_class(start: dict, end: Optional[dict], window: Tuple[float, float], re
     def in_window(r: dict) -> bool:
         return str(r.get("job_id")) == job_id and _number(r.get("time")) and begin <= r["time"] < until
 
-    job_end = next((r for r in records if r.get("event") == "job_end" and in_window(r)), None)
+    # after_job's verdict, or step_restart's for a launch relaunched inside the allocation
+    job_end = next((r for r in records if r.get("event") in ("job_end", "step_restart") and in_window(r)), None)
     if job_end is not None and job_end.get("class"):
         cls = str(job_end["class"])
         if cls == "lost" and str(job_end.get("slurm_state", "")).startswith("PREEMPTED"):

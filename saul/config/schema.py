@@ -127,6 +127,7 @@ class ResilienceConfig:
     hang_timeout_s: float = 900.0  # no training progress for this long (checkpoint I/O excluded) = a hang
     start_grace_s: float = 1800.0  # time allowed from job start to the first heartbeat (imports, loading)
     max_excluded_nodes: int = 16  # cap, so a run never excludes itself out of the partition
+    in_job_restart: bool = True  # relaunch crashed/hung ranks inside the allocation (no requeue) while the budget lasts
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import List, Tuple
 from saul import exit_codes
 from saul.resilience import ledger
 from saul.resilience.node_exclusion import excluded_nodes
+from saul.resilience.watchdog import hang_marker
 from saul.slurm_commands import SlurmCommandError, run_slurm
 from saul.train.checkpoint import list_step_dirs, read_manifest
 
@@ -73,9 +74,10 @@ def main(argv=None) -> int:
     stage_dir, code = Path(argv[0]), int(argv[1])
     job_id = os.environ.get("SLURM_JOB_ID", "")
     budget = int(os.environ.get("SAUL_FAILURE_BUDGET", DEFAULT_BUDGET))
-    history = [r for r in ledger.read(stage_dir / "ledger.jsonl") if r.get("event") == "job_end"]
+    # In-job restarts (saul.resilience.step_restart) use the same failure budget as requeues.
+    history = [r for r in ledger.read(stage_dir / "ledger.jsonl") if r.get("event") in ("job_end", "step_restart")]
     checkpoint_step = newest_checkpoint_step(stage_dir)
-    hung = (stage_dir / "heartbeats" / f"hang-{job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}").is_file()
+    hung = hang_marker(stage_dir, job_id).is_file()
     action, why = decide(code, history, checkpoint_step, budget, hung)
     if action == "requeue" and cancelled(stage_dir / "ledger.jsonl", job_id):
         action, why = "stop", "cancelled by the user (jobs/cancel.py): not requeued"

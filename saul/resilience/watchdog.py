@@ -67,8 +67,11 @@ class HangDetector:
 
 
 def hang_marker(stage_dir: Path, job: str) -> Path:
-    """One marker per run of a job (a requeued job keeps its id, so the restart count is part of the name)."""
-    return stage_dir / "heartbeats" / f"hang-{job}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    """One marker per launch of the ranks: a requeued job keeps its id, so the restart count is part of the
+    name, and so is the in-job restart (SAUL_STEP_RESTART, set by the batch script's restart loop)."""
+    name = f"hang-{job}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    step = os.environ.get("SAUL_STEP_RESTART", "0")
+    return stage_dir / "heartbeats" / (name if step in ("", "0") else f"{name}.{step}")
 
 
 def act_on_hang(stage_dir: Path, job: str, verdict: str, signal_ranks: Callable[[str], None]) -> None:

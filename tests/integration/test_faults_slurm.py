@@ -54,9 +54,9 @@ def wait_until_done(stage, timeout=300):
     raise AssertionError(f"stage did not finish in {timeout}s; ledger: {ledger(stage)}")
 
 
-def rank_process(stage, rank):
+def rank_process(stage, rank, timeout=60):
     folder = str(stage / "logs" / "slurm")
-    deadline = time.time() + 60
+    deadline = time.time() + timeout
     while time.time() < deadline:
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info["cmdline"] or []
@@ -97,27 +97,80 @@ def test_stop_signal_ahead_of_the_time_limit_checkpoints_requeues_and_resumes(sl
     assert_recovered_exactly(stage, clean_run)
 
 
-def test_a_killed_rank_stops_the_step_and_the_job_resumes(slurm_cluster, packed_data, tmp_path, clean_run):
+def runs_of_job(cluster, job):
+    """The job's allocation rows in sacct, one per run (a requeue adds one)."""
+    rows = cluster.wait_for_sacct(job, lambda rs: rs and rs[-1]["State"] not in ("RUNNING", "PENDING", "REQUEUED"),
+                                  fields=("JobID", "State"), duplicates=True)
+    return [r for r in rows if "." not in r["JobID"]]
+
+
+def test_a_killed_rank_is_relaunched_inside_the_allocation(slurm_cluster, packed_data, tmp_path, clean_run):
     runs = tmp_path / "runs"
-    submit(slurm_cluster, *args(runs, packed_data, "kill"))
+    job = submit(slurm_cluster, *args(runs, packed_data, "kill"))
     stage = runs / "kill" / "cpt"
     e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
-    os.kill(rank_process(stage, 1).pid, signal.SIGKILL)
+    victim = rank_process(stage, 1)
+    os.kill(victim.pid, signal.SIGKILL)
     ends = wait_until_done(stage)
-    assert ends[0]["class"] == "crash" and ends[0]["action"] == "requeue"
-    assert ends[-1]["class"] == "done"
+    assert [e["class"] for e in ends] == ["done"]  # no requeue: the job ran once
+    restarts = [r for r in ledger(stage) if r["event"] == "step_restart"]
+    assert len(restarts) == 1 and restarts[0]["class"] == "crash" and restarts[0]["job_id"] == job
+    assert restarts[0]["step_restart"] == 1 and restarts[0]["checkpoint_step"] == 8
+    assert len(runs_of_job(slurm_cluster, job)) == 1  # sacct: one run of one job
+    log = next((stage / "logs" / "slurm").glob(f"{job}_0_log.out")).read_text()
+    ports = [line.split(":")[2].split()[0] for line in log.splitlines() if line.startswith("rendezvous: ")]
+    assert len(ports) == 2 and ports[0] != ports[1]  # a fresh rendezvous port for the relaunch
     assert not any(r["event"] == "node_excluded" for r in ledger(stage))  # a crash blames no node
     assert_recovered_exactly(stage, clean_run)
 
 
-def test_a_hung_rank_is_dumped_killed_and_the_job_resumes(slurm_cluster, packed_data, tmp_path, clean_run):
+def test_in_job_restart_off_goes_back_through_a_slurm_requeue(slurm_cluster, packed_data, tmp_path, clean_run):
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "requeue", "resilience.in_job_restart=false"))
+    stage = runs / "requeue" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    os.kill(rank_process(stage, 1).pid, signal.SIGKILL)
+    ends = wait_until_done(stage)
+    assert ends[0]["class"] == "crash" and ends[0]["action"] == "requeue" and ends[-1]["class"] == "done"
+    assert not any(r["event"] == "step_restart" for r in ledger(stage))
+    assert ends[0]["job_id"] == ends[-1]["job_id"] == job
+    assert_recovered_exactly(stage, clean_run)
+
+
+def test_repeated_crashes_spend_the_failure_budget_then_stop(slurm_cluster, packed_data, tmp_path):
+    """Every launch dies before its first checkpoint: 2 relaunches in the allocation, then the budget (3) stops
+    it, with the reason, without a requeue."""
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "budget", "resilience.failure_budget=3"))
+    stage = runs / "budget" / "cpt"
+    killed = set()
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(r["event"] == "job_end" for r in ledger(stage)):
+        try:
+            proc = rank_process(stage, 1, timeout=2)
+        except AssertionError:
+            continue
+        if proc.pid not in killed and e2e.records(stage / "metrics.jsonl") == []:
+            os.kill(proc.pid, signal.SIGKILL)  # no step logged yet, no checkpoint ever: no progress
+            killed.add(proc.pid)
+        time.sleep(0.2)
+    ends = wait_until_done(stage)
+    restarts = [r for r in ledger(stage) if r["event"] == "step_restart"]
+    assert [r["step_restart"] for r in restarts] == [1, 2]
+    assert len(ends) == 1 and ends[0]["action"] == "stop" and ends[0]["class"] == "crash"
+    assert "3 crashes in a row without a new checkpoint (budget 3)" in ends[0]["why"]
+    assert len(runs_of_job(slurm_cluster, job)) == 1
+
+
+def test_a_hung_rank_is_dumped_killed_and_relaunched_inside_the_allocation(slurm_cluster, packed_data, tmp_path, clean_run):
     runs = tmp_path / "runs"
     submit(slurm_cluster, *args(runs, packed_data, "hang", "resilience.hang_timeout_s=10"))
     stage = runs / "hang" / "cpt"
     e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
     os.kill(rank_process(stage, 1).pid, signal.SIGSTOP)
     ends = wait_until_done(stage)
-    assert ends[0]["class"] == "hang" and ends[-1]["class"] == "done"
+    assert [e["class"] for e in ends] == ["done"]  # relaunched inside the allocation
+    assert [r["class"] for r in ledger(stage) if r["event"] == "step_restart"] == ["hang"]
     assert any(r["event"] == "hang" for r in ledger(stage))
     rank0_log = next((stage / "logs" / "slurm").glob("*_0_log.out")).read_text()
     assert "Thread 0x" in rank0_log or "Current thread" in rank0_log  # faulthandler's stack dump
