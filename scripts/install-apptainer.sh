@@ -53,7 +53,8 @@ trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/lists/partial" "$scratch/cache/archives/partial" "$scratch/debs"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror sid main" >"$scratch/sources.list"
 apt_sid=(-o "Dir::Etc::SourceList=$scratch/sources.list" -o "Dir::Etc::SourceParts=-"
-  -o "Dir::State::Lists=$scratch/lists" -o "Dir::Cache=$scratch/cache" -o "APT::Architecture=amd64")
+  -o "Dir::State::Lists=$scratch/lists" -o "Dir::Cache=$scratch/cache" -o "APT::Architecture=amd64"
+  -o "APT::Sandbox::User=root")  # the scratch folder is not readable by _apt
 echo "Fetching sid's apptainer and libc6 from $mirror"
 apt-get "${apt_sid[@]}" update -qq
 (cd "$scratch/debs" && apt-get "${apt_sid[@]}" download apptainer libc6)

@@ -1,0 +1,218 @@
+"""Multi-node jobs inside the real CPU image on the local Slurm cluster.
+
+The image is the one `make image` builds (containers/build.sh cpu --cache): Debian bookworm by debootstrap, a venv
+with torch 2.13.0 CPU and containers/requirements-image.txt, cached outside the repository under the hash of its
+dependency files. Building it takes longer than CI's budget (README, "Containers"), so these tests skip when it is
+not cached; `make test-slow` and `make test-container` build it first.
+
+What "inside" means is checked from the host on the live processes: each rank's and each power meter's
+environment (APPTAINER_CONTAINER, the image's PATH) and its root file system (/proc/<pid>/root: the image's
+/etc/os-release and /opt/saul/image-stamp.json, which the host does not have).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jobs.container_image import DEPS_LABEL, deps_sha256, sif_labels
+from tests.integration import e2e
+
+pytestmark = [pytest.mark.slurm, pytest.mark.container]
+
+STEPS = 12
+COMMON = ["stage=cpt", "model=tiny-mixtral", f"train.max_steps={STEPS}", "checkpoint.every_steps=4",
+          "checkpoint.keep_last=3", "train.log_every=1", "train.threads_per_rank=1", "optim.lr=1e-3",
+          "energy.interval_s=0.5", "site=local-slurm", "nodes=2"]
+IMAGE_CACHE = Path(os.environ.get("SAUL_IMAGE_CACHE", "/var/cache/saul-images"))
+
+
+def cached_cpu_image() -> Path:
+    return IMAGE_CACHE / f"saul-cpu-{deps_sha256('cpu')[:16]}.sif"
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> Path:
+    if subprocess.run(["sh", "-c", "command -v apptainer"], capture_output=True).returncode != 0:
+        pytest.skip("apptainer is not installed (scripts/install-apptainer.sh)")
+    image = cached_cpu_image()
+    if not image.is_file():
+        pytest.skip(f"no cached CPU image for these dependency files ({image}): `make image` builds it "
+                    f"(longer than CI's budget, so `make test` does not)")
+    return image
+
+
+def submit(cluster, runs, data, run, image, *extra) -> str:
+    result = subprocess.run([*e2e.SUBMIT, *COMMON, f"runs_root={runs}", f"run={run}", f"data.path={data}",
+                             f"site.container.image={image}", *extra],
+                            env=cluster.client_environ(e2e.env_extra()), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split("submitted Slurm job ")[1].split()[0]
+
+
+def job_ends(stage: Path):
+    return [r for r in e2e.records(stage / "ledger.jsonl") if r["event"] == "job_end"]
+
+
+def finished(stage: Path) -> bool:
+    ends = job_ends(stage)
+    return bool(ends) and ends[-1]["action"] in ("done", "stop")
+
+
+def wait_until_finished(stage: Path, timeout: float = 400) -> list:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if finished(stage):
+            return job_ends(stage)
+        time.sleep(0.5)
+    raise AssertionError(f"stage did not finish in {timeout}s; ledger: {e2e.records(stage / 'ledger.jsonl')}")
+
+
+def contained(stage: Path):
+    """(kind, id, process) for each rank (kind 'rank', id SLURM_PROCID) and each power meter (kind 'meter',
+    id the node) of this stage that runs inside a container, seen from the host."""
+    folder, power = str(stage / "logs" / "slurm"), str(stage / "power")
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if not cmd or not os.path.basename(cmd[0]).startswith("python"):
+            continue  # the runtime's own processes carry the same arguments
+        try:
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "APPTAINER_CONTAINER" not in env:
+            continue
+        if "submitit.core._submit" in cmd and folder in cmd:
+            yield "rank", env.get("SLURM_PROCID"), proc
+        elif "monitoring.meter" in cmd and any(power in arg for arg in cmd):
+            yield "meter", env.get("SLURMD_NODENAME"), proc
+
+
+def inside_view(proc) -> dict:
+    root = Path(f"/proc/{proc.pid}/root")
+    env = proc.environ()
+    return {"container": env.get("APPTAINER_CONTAINER"), "path": env.get("PATH", ""),
+            "node": env.get("SLURMD_NODENAME"), "os_release": (root / "etc" / "os-release").read_text(),
+            "stamp": json.loads((root / "opt" / "saul" / "image-stamp.json").read_text())}
+
+
+def watch_until_finished(stage: Path, timeout: float = 400) -> dict:
+    """Poll the live processes while the job runs: (kind, id) -> what they saw inside."""
+    seen, deadline = {}, time.time() + timeout
+    while not finished(stage):
+        assert time.time() < deadline, f"stage did not finish in {timeout}s"
+        for kind, ident, proc in contained(stage):
+            if (kind, ident) not in seen:
+                try:
+                    seen[(kind, ident)] = inside_view(proc)
+                except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                    continue
+        time.sleep(0.1)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def clean_run(slurm_cluster, packed_data, cpu_image, tmp_path_factory):
+    """A 2-node tiny CPT whose ranks and meters run in the image, watched while it runs."""
+    runs = tmp_path_factory.mktemp("container-clean") / "runs"
+    job = submit(slurm_cluster, runs, packed_data, "clean", cpu_image)
+    stage = runs / "clean" / "cpt"
+    seen = watch_until_finished(stage)
+    return {"job": job, "stage": stage, "seen": seen}
+
+
+def image_stamp(image: Path) -> dict:
+    """The stamp as the image itself holds it (read by the runtime, not through a job)."""
+    out = subprocess.run(["apptainer", "exec", str(image), "cat", "/opt/saul/image-stamp.json"], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return json.loads(out)
+
+
+def test_the_image_holds_the_pinned_stack_and_no_build_leftovers(cpu_image):
+    """What `make image` built: torch 2.13.0 CPU and the pinned requirements, no build inputs left behind."""
+    probe = ("import importlib.metadata as m, json, os, torch; print(json.dumps({'torch': torch.__version__, "
+             "'pins': {n: m.version(n) for n in ('transformers', 'trl', 'deepspeed', 'submitit', 'datasets')}, "
+             "'cas': os.listdir('/usr/local/share/ca-certificates'), 'build': os.path.exists('/opt/saul/build')}))")
+    out = subprocess.run(["apptainer", "exec", "--cleanenv", "--no-home", str(cpu_image), "python", "-c", probe],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert found["torch"] == "2.13.0+cpu"
+    pins = dict(line.split("==") for line in (Path(__file__).resolve().parents[2] / "containers" /
+                                              "requirements-image.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for name, version in found["pins"].items():
+        assert version == pins[name], name
+    assert found["cas"] == [] and found["build"] is False  # the build host's proxy CA and the wheel are gone
+
+
+def test_every_rank_and_meter_runs_inside_the_image(clean_run, cpu_image, slurm_cluster):
+    stamp = image_stamp(cpu_image)
+    labels = sif_labels(cpu_image)
+    assert stamp["deps_sha256"] == labels[DEPS_LABEL] == deps_sha256("cpu")  # built from this checkout's deps
+    assert stamp["git_revision"] == labels["org.saul.git_revision"] and {"git_dirty", "built_at"} <= set(stamp)
+    assert not Path("/opt/saul/image-stamp.json").exists()  # so the view below is the image's, not the host's
+
+    seen = clean_run["seen"]
+    assert sorted(k for k in seen if k[0] == "rank") == [("rank", "0"), ("rank", "1")], seen.keys()
+    assert sorted(k for k in seen if k[0] == "meter") == [("meter", n) for n in sorted(
+        {v["node"] for k, v in seen.items() if k[0] == "rank"})], seen.keys()
+    assert len({seen[("rank", r)]["node"] for r in ("0", "1")}) == 2  # one rank per node
+    for view in seen.values():
+        assert view["container"] == str(cpu_image)
+        assert view["path"].startswith("/opt/saul/venv/bin:")  # the image's %environment
+        assert "VERSION_CODENAME=bookworm" in view["os_release"] and "ID=debian" in view["os_release"]
+        assert view["stamp"] == stamp
+
+
+def test_outputs_land_on_the_bound_run_directory_and_the_ledger_records_the_image(clean_run, cpu_image):
+    stage = clean_run["stage"]
+    ends = job_ends(stage)
+    assert [e["action"] for e in ends] == ["done"] and ends[0]["job_id"] == clean_run["job"]
+    assert (stage / "final" / "model.safetensors").is_file()
+    assert (stage / "checkpoints" / f"step-{STEPS:08d}").is_dir()
+    assert sorted(e2e.by_step(stage / "metrics.jsonl")) == list(range(1, STEPS + 1))
+    nodes = {v["node"] for v in clean_run["seen"].values()}
+    power_files = [p.name for p in (stage / "power").iterdir()]
+    for node in nodes:  # each node's meter wrote through the bind
+        assert any(node in name for name in power_files), power_files
+
+    (start,) = [r for r in e2e.records(stage / "ledger.jsonl") if r["event"] == "attempt_start"]
+    assert start["image"]["path"] == str(cpu_image)
+    assert start["image"]["stamp"] == image_stamp(cpu_image)
+    assert start["world_size"] == 2 and start["nodes"] == 2
+
+
+# slow: a Slurm requeue (~15-30 s here) and a second start; the fast tests above cover starting in the image and
+# tests/integration/test_faults_slurm.py the same recovery on the host (`make test-slow` and `make test-container`).
+@pytest.mark.slow
+def test_a_killed_rank_inside_the_image_resumes_to_the_clean_runs_losses(slurm_cluster, packed_data, cpu_image,
+                                                                        clean_run, tmp_path):
+    runs = tmp_path / "runs"
+    submit(slurm_cluster, runs, packed_data, "kill", cpu_image)
+    stage = runs / "kill" / "cpt"
+    deadline = time.time() + 300
+    while not any(r["step"] >= 6 for r in e2e.step_records(stage / "metrics.jsonl")):
+        assert time.time() < deadline and not finished(stage), "the run did not reach step 6"
+        time.sleep(0.1)
+    (victim,) = [p for kind, ident, p in contained(stage) if kind == "rank" and ident == "1"]
+    os.kill(victim.pid, signal.SIGKILL)
+    ends = wait_until_finished(stage)
+    assert ends[0]["class"] == "crash" and ends[0]["action"] == "requeue"
+    assert ends[-1]["class"] == "done"
+
+    clean = e2e.by_step(clean_run["stage"] / "metrics.jsonl")
+    resumed = e2e.by_step(stage / "metrics.jsonl")
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step, records in resumed.items():
+        for record in records:  # the steps redone after the kill too
+            assert record["loss"] == clean[step][0]["loss"], f"step {step}"
+    assert ((stage / "final" / "model.safetensors").read_bytes()
+            == (clean_run["stage"] / "final" / "model.safetensors").read_bytes())
+    starts = [r for r in e2e.records(stage / "ledger.jsonl") if r["event"] == "attempt_start"]
+    assert len(starts) == 2 and all(s["image"]["path"] == str(cpu_image) for s in starts)
