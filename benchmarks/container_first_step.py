@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from jobs.container_image import cached_image  # noqa: E402
 from saul.resilience import ledger  # noqa: E402
-from tests.integration.test_container_slurm import cached_cpu_image  # noqa: E402
 from tests.slurm_cluster import LocalSlurmCluster  # noqa: E402
 
 SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--image", type=Path, default=None)
     args = parser.parse_args()
-    image = args.image or cached_cpu_image()
+    image = args.image or cached_image("cpu")
     if not image.is_file():
         sys.exit(f"no image at {image}: run `make image` (or pass --image)")
     ok, reason = LocalSlurmCluster.available()

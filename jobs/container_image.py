@@ -31,6 +31,9 @@ _GENERIC_JSON = 0x4006  # sif.DataGenericJSON
 _MAX_JSON_BYTES = 1 << 20
 
 
+DEFAULT_IMAGE_CACHE = "/var/cache/saul-images"  # containers/build.sh --cache; $SAUL_IMAGE_CACHE overrides
+
+
 class ImageError(ValueError):
     """The file is not a SIF image that can be read."""
 
@@ -45,6 +48,12 @@ def deps_sha256(flavor: str, repo: Path = REPO_ROOT) -> Optional[str]:
             return None
         lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {relative}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def cached_image(flavor: str, repo: Path = REPO_ROOT, env=os.environ) -> Path:
+    """Where `containers/build.sh <flavor> --cache` puts the image of this checkout's dependency files."""
+    cache = Path(env.get("SAUL_IMAGE_CACHE") or DEFAULT_IMAGE_CACHE)
+    return cache / f"saul-{flavor}-{(deps_sha256(flavor, repo) or 'unknown')[:16]}.sif"
 
 
 def sif_labels(image: Path) -> Dict[str, str]:

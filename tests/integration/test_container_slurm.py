@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobs.container_image import DEPS_LABEL, deps_sha256, sif_labels
+from jobs.container_image import DEPS_LABEL, cached_image, deps_sha256, sif_labels
 from tests.integration import e2e
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container]
@@ -30,18 +30,12 @@ STEPS = 12
 COMMON = ["stage=cpt", "model=tiny-mixtral", f"train.max_steps={STEPS}", "checkpoint.every_steps=4",
           "checkpoint.keep_last=3", "train.log_every=1", "train.threads_per_rank=1", "optim.lr=1e-3",
           "energy.interval_s=0.5", "site=local-slurm", "nodes=2"]
-IMAGE_CACHE = Path(os.environ.get("SAUL_IMAGE_CACHE", "/var/cache/saul-images"))
-
-
-def cached_cpu_image() -> Path:
-    return IMAGE_CACHE / f"saul-cpu-{deps_sha256('cpu')[:16]}.sif"
-
 
 @pytest.fixture(scope="session")
 def cpu_image() -> Path:
     if subprocess.run(["sh", "-c", "command -v apptainer"], capture_output=True).returncode != 0:
         pytest.skip("apptainer is not installed (scripts/install-apptainer.sh)")
-    image = cached_cpu_image()
+    image = cached_image("cpu")
     if not image.is_file():
         pytest.skip(f"no cached CPU image for these dependency files ({image}): `make image` builds it "
                     f"(longer than CI's budget, so `make test` does not)")
