@@ -36,6 +36,7 @@ mean step time, beside the configured checkpoint.every_steps.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +52,12 @@ from saul.resilience.after_job import classify
 FAILURE_CLASSES = ("crash", "hang", "node_failure", "lost", "killed")
 PLANNED_CLASSES = ("done", "stopped", "preempted", "cancelled", "user_error")
 UNFINISHED = "unfinished"
+# Where a recovery's time goes, in order. detect + tear down: the failed attempt's last record -> the ranks'
+# step returned (srun's kill-on-bad-exit, or the watchdog); relaunch: -> rank 0's process start (the
+# restart decision, port, srun, container); imports + rendezvous: -> attempt_start; model build +
+# checkpoint load: -> the first step began; first step: its step time.
+RECOVERY_PHASES = ("detect + tear down", "relaunch", "imports + rendezvous", "model build + checkpoint load",
+                   "first step")
 
 
 @dataclass
@@ -79,6 +86,8 @@ class AttemptGoodput:
     points: List[Tuple[float, int]] = field(default_factory=list, repr=False)  # (time, step) of its records
     checkpoint_points: List[Tuple[float, int]] = field(default_factory=list, repr=False)
     redone_after_step: Optional[int] = None  # its steps beyond this one were redone later
+    # The recovery after this attempt by phase (RECOVERY_PHASES), where the records date them.
+    phases: Dict[str, float] = field(default_factory=dict)
 
     @property
     def wall_s(self) -> float:
@@ -330,6 +339,7 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
         a.gap_after_s = max(0.0, nxt.start - a.end)
         if nxt.startup_s is not None:
             a.recovery_after_s = a.gap_after_s + nxt.startup_s
+        a.phases = _recovery_phases(a, nxt, starts[nxt.attempt], records, steps.get(nxt.attempt, []))
     inferred = [(n, resumed[n][0]) for n in order if resumed[n][1]]
     if inferred:
         result.notes.append(
@@ -348,6 +358,31 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
             f"{result.measured_steps} of {logged} step times measured; the others are the next logged step's "
             f"time (train.log_every={result.log_every or '?'})")
     return result
+
+
+def _recovery_phases(a: AttemptGoodput, nxt: AttemptGoodput, next_start: dict, records: Sequence[dict],
+                     next_steps: List[dict]) -> Dict[str, float]:
+    """The recovery between two attempts by phase; a phase the records cannot date is left out."""
+    if a.end_class not in FAILURE_CLASSES:
+        return {}
+    returned = next((r.get("step_returned") for r in records if r.get("event") == "step_restart"
+                     and _number(r.get("step_returned")) and a.end <= r["step_returned"] <= nxt.start), None)
+    process = next_start.get("process_start") if _number(next_start.get("process_start")) else None
+    first_began = nxt.start + nxt.startup_s if nxt.startup_s is not None else None
+    marks: List[Tuple[str, Optional[float]]] = [("detect + tear down", returned), ("relaunch", process), ("imports + rendezvous", nxt.start),
+             ("model build + checkpoint load", first_began)]
+    phases: Dict[str, float] = {}
+    previous, pending = a.end, []
+    for name, when in marks:  # an undated mark merges its phase into the next one's ("relaunch + imports ...")
+        pending.append(name)
+        if when is None:
+            continue
+        if when >= previous:
+            phases[" + ".join(pending)] = when - previous
+        previous, pending = when, []
+    if next_steps and first_began is not None:
+        phases["first step"] = float(next_steps[0]["step_time_s"])
+    return phases
 
 
 def _config_int(config: dict, section: str, key: str) -> Optional[int]:
@@ -479,6 +514,25 @@ def young_line(s: StageGoodput) -> str:
     return line
 
 
+def median_phases(s: StageGoodput) -> Dict[str, float]:
+    """Each recovery phase's median over the failures that dated it, in RECOVERY_PHASES order."""
+    found: Dict[str, List[float]] = {}
+    for a in s.attempts:
+        for name, seconds in a.phases.items():
+            found.setdefault(name, []).append(seconds)
+    def rank(name: str) -> int:  # a merged phase sorts where its first part does
+        return next((i for i, p in enumerate(RECOVERY_PHASES) if name.startswith(p)), len(RECOVERY_PHASES))
+
+    return {name: statistics.median(v) for name, v in sorted(found.items(), key=lambda kv: rank(kv[0]))}
+
+
+def recovery_phase_line(s: StageGoodput) -> str:
+    phases = median_phases(s)
+    if not phases:
+        return "recovery by phase: no failure followed by another attempt"
+    return "recovery by phase (median s): " + "; ".join(f"{name} {_s(v)}" for name, v in phases.items())
+
+
 def summary_lines(s: StageGoodput) -> List[str]:
     counts: Dict[str, int] = {}
     for a in s.attempts:
@@ -492,6 +546,7 @@ def summary_lines(s: StageGoodput) -> List[str]:
         f"lost work: {sum(a.redone_steps for a in s.attempts)} steps redone = {_s(s.redone_s)} s of step time",
         f"observed MTBF: {_s(s.mtbf_s)} s (attempts' wall time / failures; planned stops are not failures)",
         f"mean recovery after a failure: {_s(s.mean_recovery_s)} s (end of the failed attempt -> next first step)",
+        recovery_phase_line(s),
         f"mean checkpoint save: {_s(s.mean_checkpoint_s, 3)} s over {s.checkpoints} saves; "
         f"mean step: {_s(s.mean_step_s, 3)} s",
         young_line(s),
@@ -544,12 +599,13 @@ def _stage_section(s: StageGoodput, figure: Optional[str]) -> List[str]:
         md += ["Every attempt ran to the end: nothing lost, nothing recovered.", ""]
     md += ["### Attempts", ""]
     md += _table(["attempt", "job", "start", "steps", "ended", "wall s", "productive s", "redone steps", "redone s",
-                  "saves (s)", "launch s", "start-up s", "gap after s", "recovery after s"],
+                  "saves (s)", "launch s", "start-up s", "gap after s", "recovery after s", "recovery by phase s"],
                  [[a.attempt, a.job_id, _when(a.start), f"{a.step_start}→{a.step_end}",
                    a.end_class + ("" if a.closed else " (no attempt_end)"), _s(a.wall_s), _s(a.productive_s),
                    a.redone_steps, _s(a.redone_s), f"{a.checkpoints} ({_s(a.checkpoint_s, 2)})", _s(a.launch_s),
                    _s(a.startup_s),
-                   _s(a.gap_after_s), _s(a.recovery_after_s)] for a in s.attempts]) + [""]
+                   _s(a.gap_after_s), _s(a.recovery_after_s),
+                   ", ".join(f"{k} {_s(v)}" for k, v in a.phases.items()) or "–"] for a in s.attempts]) + [""]
     if s.notes:
         md += ["### Notes", ""] + [f"- {n}" for n in s.notes] + [""]
     return md

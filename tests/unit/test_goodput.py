@@ -292,3 +292,30 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, capsys):
 def test_a_missing_runs_root_is_bad_input_for_goodput(tmp_path, capsys):
     assert report.main([f"runs_root={tmp_path / 'nowhere'}", "kind=goodput"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_an_in_job_restart_is_split_into_recovery_phases(tmp_path):
+    """A crash relaunched inside the allocation: each phase between the records that date it, medians in the
+    summary; a requeued crash without the relaunch record merges the undated phases."""
+    t = 1000.0
+    records = [
+        {"event": "attempt_start", "attempt": 1, "job_id": "7", "time": t, "process_start": t - 5},
+        {"event": "step_restart", "job_id": "7", "class": "crash", "step_returned": t + 26.0, "time": t + 26.5},
+        {"event": "attempt_start", "attempt": 2, "job_id": "7", "time": t + 31.0, "process_start": t + 27.0},
+        {"event": "attempt_end", "attempt": 2, "job_id": "7", "exit_code": 0, "time": t + 60.0, "step_start": 0},
+    ]
+    metrics = [{"step": 1, "step_time_s": 1.0, "attempt": 1, "time": t + 10.0, "loss": 1.0},
+               {"step": 2, "step_time_s": 1.0, "attempt": 1, "time": t + 20.0, "loss": 1.0},
+               {"step": 1, "step_time_s": 0.5, "attempt": 2, "time": t + 34.5, "loss": 1.0}]
+    s = goodput.analyse(records, metrics)
+    first = s.attempts[0]
+    assert first.end_class == "crash"
+    assert first.phases == {"detect + tear down": 6.0, "relaunch": 1.0, "imports + rendezvous": 4.0,
+                            "model build + checkpoint load": 3.0, "first step": 0.5}
+    assert "detect + tear down 6.0; relaunch 1.0" in goodput.recovery_phase_line(s)
+    requeued = goodput.analyse([r for r in records if r["event"] != "step_restart"]
+                               + [{"event": "job_end", "job_id": "7", "class": "crash", "time": t + 26.5}], metrics)
+    assert list(requeued.attempts[0].phases) == ["detect + tear down + relaunch", "imports + rendezvous",
+                                                 "model build + checkpoint load", "first step"]
+    assert requeued.attempts[0].phases["detect + tear down + relaunch"] == 7.0
+    assert goodput.analyse(records[2:], metrics[2:]).attempts[0].phases == {}  # no failure, no recovery
