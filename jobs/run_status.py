@@ -25,7 +25,7 @@ import yaml
 from jobs.slurm_launcher import job_states, live_states
 from saul import exit_codes
 from saul.config.errors import ConfigError, did_you_mean
-from saul.config.schema import STAGES, ResilienceConfig
+from saul.config.schema import PIPELINE_ORDER, ResilienceConfig
 from saul.resilience import ledger
 from saul.resilience.node_exclusion import excluded_nodes
 from saul.rundir import RunDir
@@ -57,6 +57,11 @@ STATE_DONE = "done"
 STATE_CANCELLED = "cancelled"
 STATE_NEVER_STARTED = "never started"
 STATE_UNKNOWN = "unknown"  # a Slurm job was submitted, but neither Slurm nor the run directory tells its fate
+# A pipeline stage whose afterok dependency failed: Slurm keeps it pending forever (DependencyNeverSatisfied).
+STATE_BLOCKED = "blocked"
+STATE_WAITING = "waiting"  # a pipeline stage not started yet, after the stages before it (local site)
+NEVER_STARTS = ("DependencyNeverSatisfied",)
+UNITS_IN_METRICS = ("eval",)  # stages whose step records carry their own total (max_steps)
 
 
 @dataclass
@@ -125,6 +130,10 @@ class StageStatus:
     config_changes: int = 0
     other_events: Dict[str, int] = field(default_factory=dict)
     last_activity: Optional[float] = None  # newest mtime of ledger/metrics
+    dependency: Optional[str] = None  # job id the newest submission waits for (afterok: a pipeline stage)
+    pending_reason: Optional[str] = None  # Slurm's reason for a pending job (squeue %r)
+    blocked_by: Optional[str] = None  # "<stage> (job <id>, <state>)" when the dependency failed
+    energy_j: Optional[float] = None  # metered so far (every attempt, all nodes); filled by the chain view
 
     @property
     def live_jobs(self) -> List[JobStatus]:
@@ -322,8 +331,10 @@ def ended_job_state(slurm_state: str) -> str:
 
 
 def stage_state(files: StageFiles, scheduler: str, jobs: Sequence[JobStatus], attempts: AttemptSummary,
-                now: float, host: str) -> str:
+                now: float, host: str, reason: Optional[str] = None) -> str:
     live = [j for j in jobs if j.state in live_states()]
+    if live and reason in NEVER_STARTS:
+        return STATE_BLOCKED
     if live:
         return STATE_PENDING if all(j.state in WAITING_STATES for j in live) else STATE_RUNNING
     local_here = scheduler == "local" and attempts.open and attempts.host == host
@@ -354,7 +365,7 @@ def stage_state(files: StageFiles, scheduler: str, jobs: Sequence[JobStatus], at
 
 
 def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Optional[float] = None,
-              host: Optional[str] = None) -> StageStatus:
+              host: Optional[str] = None, reasons: Optional[Dict[str, str]] = None) -> StageStatus:
     now = time.time() if now is None else now
     host = socket.gethostname() if host is None else host
     scheduler = scheduler_of(files)
@@ -367,6 +378,8 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
     train = files.config.get("train") or {}
     site = files.config.get("site") or {}
     shape = job_shape(files)
+    pending = [j.job_id for j in jobs if j.state == "PENDING"]
+    reason = (reasons or {}).get(pending[-1]) if pending else None
     checkpoint = None
     if files.checkpoint is not None:
         step, created = files.checkpoint
@@ -375,11 +388,13 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
         checkpoint = CheckpointSummary(step, created, max(0.0, now - created), save_s)
     return StageStatus(
         run=files.rundir.run, stage=files.rundir.stage, path=str(files.rundir.root),
-        state=stage_state(files, scheduler, jobs, attempts, now, host), scheduler=scheduler,
+        state=stage_state(files, scheduler, jobs, attempts, now, host, reason), scheduler=scheduler,
         site=site.get("name") or (submitted[-1].get("site") if submitted else None),
         jobs=jobs, attempts=attempts,
         nodes=shape[0], nproc=shape[1],
-        progress=summarize_progress(files.metrics_tail, train.get("max_steps"),
+        # Steps of a step loop come from train.max_steps; eval counts its tasks in its own step records.
+        progress=summarize_progress(files.metrics_tail,
+                                    train.get("max_steps") if files.rundir.stage not in UNITS_IN_METRICS else None,
                                     files.checkpoint[0] if files.checkpoint else None,
                                     ends[-1].get("step_end") if ends else None),
         checkpoint=checkpoint,
@@ -388,6 +403,7 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
         config_changes=events.get("config_change", 0),
         other_events={k: v for k, v in sorted(events.items()) if k not in KNOWN_EVENTS},
         last_activity=files.last_activity,
+        dependency=submitted[-1].get("dependency") if submitted else None, pending_reason=reason,
     )
 
 
@@ -404,8 +420,9 @@ def is_stage_dir(path: Path) -> bool:
 
 
 def stage_order(path: Path) -> Tuple[int, str]:
-    """Pipeline order (prepare, cpt, anneal, ...), then stages this version does not know, by name."""
-    return (STAGES.index(path.name) if path.name in STAGES else len(STAGES), path.name)
+    """Pipeline order (prepare, cpt, anneal, ift, dpo, eval), then stages this version does not know, by name."""
+    order = PIPELINE_ORDER
+    return (order.index(path.name) if path.name in order else len(order), path.name)
 
 
 def find_runs(runs_root: os.PathLike, run: Optional[str] = None) -> Dict[str, List[Path]]:
@@ -437,13 +454,43 @@ def select_stages(runs_root: os.PathLike, run: Optional[str] = None, stage: Opti
     return chosen
 
 
+def pending_reasons(job_ids: List[str]) -> Dict[str, str]:
+    """Slurm's reason each pending job waits (Dependency, Resources, DependencyNeverSatisfied, ...)."""
+    from saul.slurm_commands import slurm_output
+
+    reasons = {}
+    for line in slurm_output(["squeue", "-h", "--states=PENDING", "-o", "%i|%r", "-j", ",".join(job_ids)]).splitlines():
+        job, _, reason = line.partition("|")
+        if job in job_ids and reason:
+            reasons[job] = reason.strip()
+    return reasons
+
+
 def collect(stage_dirs: Sequence[Path], query: Callable[[List[str]], Dict[str, str]] = job_states,
-            now: Optional[float] = None) -> List[StageStatus]:
-    """Statuses of the given stages with one Slurm query for all their recent jobs."""
+            now: Optional[float] = None,
+            reasons: Optional[Callable[[List[str]], Dict[str, str]]] = None) -> List[StageStatus]:
+    """Statuses of the given stages with one Slurm query for all their recent jobs (and one for the
+    reasons of the pending ones: `reasons`, squeue's by default when `query` is Slurm's own)."""
     loaded = [load_stage(d) for d in stage_dirs]
     slurm_ids = [j for f in loaded if scheduler_of(f) == "slurm" for j in job_ids(f)[-QUERIED_JOBS:]]
     states = query(slurm_ids) if slurm_ids else {}
-    return [summarize(f, states, now) for f in loaded]
+    if reasons is None and query is job_states:
+        reasons = pending_reasons
+    waiting = [j for j, state in states.items() if state == "PENDING"]
+    why = reasons(waiting) if reasons and waiting else {}
+    statuses = [summarize(f, states, now, reasons=why) for f in loaded]
+    link_dependencies(statuses)
+    return statuses
+
+
+def link_dependencies(statuses: List[StageStatus]) -> None:
+    """A blocked stage names the stage whose job it waited for (a pipeline's afterok chain)."""
+    owner = {j.job_id: s for s in statuses for j in s.jobs}
+    for s in statuses:
+        if s.state == STATE_BLOCKED and s.dependency:
+            up = owner.get(str(s.dependency))
+            up_state = next((j.state for j in up.jobs if j.job_id == str(s.dependency)), "?") if up else "?"
+            s.blocked_by = f"{up.stage if up else '?'} (job {s.dependency}, {up_state})"
 
 
 # ---------------------------------------------------------------- command-line selection (status, cancel)

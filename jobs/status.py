@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Show what runs are doing.
 
-    python jobs/status.py [run=NAME] [stage=S] [runs_root=DIR] [--watch] [--interval S] [--json]
+    python jobs/status.py [run=NAME] [stage=S] [runs_root=DIR] [--watch] [--interval S] [--json] [--lineage]
 
 One row per run and stage: state (running, pending, stopped (resumable), failed, done, cancelled,
 never started), Slurm jobs and their state, attempts and how the last one ended, nodes,
@@ -10,6 +10,13 @@ mean step time), the newest checkpoint and its age, excluded nodes and other led
 
   --watch        redraw every --interval seconds (default 5) with a progress bar per stage; Ctrl-C quits
   --json         print the same as JSON (one object: runs_root, time, stages)
+  --lineage      (with run=) the chain from raw data to evaluation results: per stage the data
+                 fingerprint and sources, code revision, image, config hash, the checkpoint it started
+                 from, the hash of its output and its energy (saul/lineage.py)
+
+With run=, the view is the run's chain in pipeline order: every stage with its energy so far, the
+stages of a pipeline (jobs/pipeline.py) that have not started yet ("waiting"), and a stage whose
+dependency failed ("blocked": Slurm will never start it).
 
 Reads only the run directory and Slurm's job states (no torch): it answers in a fraction of a second.
 Exit codes: 0 shown (also when there are no runs yet); 2 bad input or unknown run/stage.
@@ -32,16 +39,18 @@ from rich.progress_bar import ProgressBar  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from jobs import run_status  # noqa: E402
+from monitoring.units import format_energy  # noqa: E402
 from jobs.run_status import StageStatus  # noqa: E402
 from saul import exit_codes  # noqa: E402
 from saul.config.errors import ConfigError  # noqa: E402
 
-OPTIONS = {"--watch": False, "--interval": True, "--json": False, "--help": False, "-h": False}
+OPTIONS = {"--watch": False, "--interval": True, "--json": False, "--lineage": False, "--help": False, "-h": False}
 DEFAULT_INTERVAL_S = 5.0
 STATE_STYLES = {
     run_status.STATE_RUNNING: "green", run_status.STATE_PENDING: "yellow", run_status.STATE_STOPPED: "cyan",
     run_status.STATE_FAILED: "bold red", run_status.STATE_DONE: "bold green", run_status.STATE_CANCELLED: "magenta",
-    run_status.STATE_NEVER_STARTED: "dim", run_status.STATE_UNKNOWN: "yellow",
+    run_status.STATE_NEVER_STARTED: "dim", run_status.STATE_UNKNOWN: "yellow", run_status.STATE_BLOCKED: "bold red",
+    run_status.STATE_WAITING: "dim",
 }
 PIPED_WIDTH = 250
 JOBS_SHOWN = 2  # newest jobs listed per stage; older ones are counted
@@ -111,6 +120,13 @@ def checkpoint_cell(s: StageStatus) -> str:
 
 def notes_cell(s: StageStatus, now: float) -> str:
     notes: List[str] = []
+    if s.state == run_status.STATE_BLOCKED:
+        notes.append(f"never starts: its dependency {s.blocked_by or s.dependency} failed (Slurm: {s.pending_reason}); "
+                     f"fix that stage and submit the pipeline again, or cancel with jobs/cancel.py")
+    elif s.state == run_status.STATE_WAITING:
+        notes.append(f"runs after {s.dependency}" if s.dependency else "first in the pipeline")
+    elif s.pending_reason:
+        notes.append(f"waiting: {s.pending_reason}" + (f" (after job {s.dependency})" if s.dependency else ""))
     if s.excluded_nodes:
         notes.append("excluded: " + ",".join(s.excluded_nodes))
     notes += [f"{name} x{count}" for name, count in s.other_events.items()]
@@ -133,15 +149,16 @@ def status_table(statuses: List[StageStatus], now: float, with_bars: bool) -> Ta
         table.add_column(name, overflow="fold", no_wrap=name in ("stage", "state", "step"))
     if with_bars:
         table.add_column("progress", width=22)
-    for name in ("tok/s", "ETA", "checkpoint", "notes"):
-        table.add_column(name, overflow="fold", justify="right" if name in ("tok/s", "ETA") else "left")
+    for name in ("tok/s", "ETA", "energy", "checkpoint", "notes"):
+        table.add_column(name, overflow="fold", justify="right" if name in ("tok/s", "ETA", "energy") else "left")
     for s in statuses:
         row = [s.run, s.stage, f"[{STATE_STYLES.get(s.state, '')}]{s.state}", jobs_cell(s), attempts_cell(s),
                nodes_cell(s), step_cell(s)]
         if with_bars:
             fraction = s.progress.fraction
             row.append(ProgressBar(total=1.0, completed=fraction or 0.0, width=20) if fraction is not None else "")
-        row += [rate(s.progress.tokens_per_s), eta_cell(s), checkpoint_cell(s), notes_cell(s, now)]
+        row += [rate(s.progress.tokens_per_s), eta_cell(s), format_energy(s.energy_j) if s.energy_j is not None else "-",
+                checkpoint_cell(s), notes_cell(s, now)]
         table.add_row(*row)
     return table
 
@@ -155,6 +172,40 @@ def as_json(runs_root: str, statuses: List[StageStatus], now: float) -> str:
     return json.dumps({"runs_root": runs_root, "time": now, "stages": stages}, indent=1)
 
 
+def chain_view(statuses: List[StageStatus], runs_root: str, run: Optional[str]) -> List[StageStatus]:
+    """With run=: each stage's energy so far, and the pipeline's stages that have not started yet."""
+    if not run:
+        return statuses
+    from jobs.pipeline import read_pipeline_file
+    from saul.lineage import stage_energy
+
+    run_root = Path(runs_root) / run
+    for s in statuses:
+        s.energy_j = (stage_energy(Path(s.path)) or {}).get("joules")
+    pipeline = read_pipeline_file(run_root) or {}
+    shown = {s.stage for s in statuses}
+    names = list(pipeline.get("stages", []))
+    for i, name in enumerate(names):
+        if name not in shown:
+            statuses.append(StageStatus(run=run, stage=name, path=str(run_root / name), state=run_status.STATE_WAITING,
+                                        scheduler="local", site=pipeline.get("site"),
+                                        dependency=names[i - 1] if i else None))
+    order = {name: i for i, name in enumerate(run_status.PIPELINE_ORDER)}
+    return sorted(statuses, key=lambda s: (order.get(s.stage, len(order)), s.stage))
+
+
+def print_lineage(runs_root: str, run: Optional[str]) -> int:
+    from saul import lineage
+
+    if not run:
+        raise ConfigError("--lineage shows one run's chain: add run=NAME")
+    run_root = Path(runs_root) / run
+    records = lineage.chain(run_root)
+    print(f"lineage of run {run} ({run_root}), raw data to evaluation results:")
+    print(lineage.describe(records, lineage.live_energies(run_root, [r["stage"] for r in records])), end="")
+    return exit_codes.DONE
+
+
 def make_console() -> Console:
     """A terminal's own width; piped output (grep, a log file) gets long lines rather than folded cells."""
     console = Console()
@@ -163,13 +214,13 @@ def make_console() -> Console:
     return console
 
 
-def watch(select, interval_s: float, console: Console) -> None:
+def watch(select, interval_s: float, console: Console, view=lambda statuses: statuses) -> None:
     """Redraw until Ctrl-C; `select()` lists the stages anew each time, so a stage submitted meanwhile shows up."""
     from rich.live import Live
 
     def render():
         now = time.time()
-        return status_table(run_status.collect(select(), now=now), now, with_bars=True)
+        return status_table(view(run_status.collect(select(), now=now)), now, with_bars=True)
 
     with Live(render(), console=console, auto_refresh=False) as live:
         while True:
@@ -199,12 +250,19 @@ def main(argv=None) -> int:
             raise ConfigError("--watch redraws a table; for JSON, call status.py --json repeatedly")
         runs_root = settings.get("runs_root", "runs")
         stage_dirs = run_status.select_stages(runs_root, settings.get("run"), settings.get("stage"))
+        if "--lineage" in options:
+            return print_lineage(runs_root, settings.get("run"))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_codes.CONFIG_ERROR
     now = time.time()
+    run = settings.get("run") if "stage" not in settings else None
+
+    def view(statuses):
+        return chain_view(statuses, runs_root, run)
+
     if "--json" in options:
-        print(as_json(runs_root, run_status.collect(stage_dirs, now=now), now))
+        print(as_json(runs_root, view(run_status.collect(stage_dirs, now=now)), now))
         return exit_codes.DONE
     if not stage_dirs:
         print(f"no runs under {runs_root} yet: start one with `python jobs/submit.py stage=prepare run=NAME`")
@@ -213,11 +271,11 @@ def main(argv=None) -> int:
     if "--watch" in options:
         try:
             watch(lambda: run_status.select_stages(runs_root, settings.get("run"), settings.get("stage")),
-                  interval_s, console)
+                  interval_s, console, view)
         except KeyboardInterrupt:
             pass
         return exit_codes.DONE
-    console.print(status_table(run_status.collect(stage_dirs, now=now), now, with_bars=False))
+    console.print(status_table(view(run_status.collect(stage_dirs, now=now)), now, with_bars=False))
     return exit_codes.DONE
 
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Submit one stage of a run: `python jobs/submit.py stage=cpt [model=...] [site=...] [key=value ...]`.
 
+`stage=pipeline [pipeline.stages=[prepare,cpt,eval]]` runs (local site) or submits with afterok
+dependencies (Slurm) several stages of the run in a row: see jobs/pipeline.py.
+
 Composes and validates the config (nothing is written when it is wrong: one line, exit 2),
 prints the launch plan, freezes config.yaml in the run directory and launches the ranks:
 local processes on the `local` site, Slurm jobs elsewhere. Re-running the same command resumes
@@ -159,6 +162,10 @@ def launch_slurm(cfg, rundir: RunDir) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "stage=pipeline" in argv and not {"-h", "--help"} & set(argv):  # several stages in a row: jobs/pipeline.py
+        from jobs import pipeline
+
+        return pipeline.main(argv)
     from jobs.plan import describe, make_plan
 
     try:

@@ -120,7 +120,8 @@ def compose(overrides: Iterable[str], env: Mapping[str, str] = os.environ) -> Co
 
     stage = choices.get("stage", "cpt")
     if stage not in STAGES:
-        raise ConfigError(f"unknown stage '{stage}'{did_you_mean(stage, STAGES)}; available: {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stage '{stage}'{did_you_mean(stage, STAGES + ('pipeline',))}; available: "
+                          f"{', '.join(STAGES)}, or pipeline (several of them in a row: jobs/pipeline.py)")
     site = choose_site(choices.get("site"), env)
 
     cfg = OmegaConf.structured(RunConfig)
@@ -133,6 +134,8 @@ def compose(overrides: Iterable[str], env: Mapping[str, str] = os.environ) -> Co
     keys = schema_keys()
     for ov in rest:
         key = ov.key_or_group
+        if key.startswith("pipeline."):
+            raise ConfigError(f"{ov.input_line}: pipeline.* settings belong to stage=pipeline (this is stage={stage})")
         _check_key(key, keys)
         try:
             if ov.is_delete():

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 STAGES = ("prepare", "cpt", "anneal", "eval")  # ift, dpo arrive with their own issues
+# The order a run's model passes through the stages: a pipeline's stages run in this order, and
+# `jobs/status.py` lists them so (ift and dpo take their place when they join STAGES).
+PIPELINE_ORDER = ("prepare", "cpt", "anneal", "ift", "dpo", "eval")
 PARALLEL = ("ddp", "zero3")
 GPU_VENDORS = ("none", "amd", "nvidia")
 SCHEDULERS = ("none", "slurm")
@@ -231,6 +234,18 @@ class DpoConfig:
     loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # any of trl's (saul.posttrain.dpo_loss.LOSS_TYPES)
     loss_weights: List[float] = field(default_factory=list)  # one per loss_type; empty = 1.0 each
     label_smoothing: float = 0.0  # robust / exo_pair / aot losses
+
+
+@dataclass
+class PipelineConfig:
+    """stage=pipeline (jobs/pipeline.py): several stages of one run, each from the previous one's output.
+
+    Not part of a stage's config.yaml: the pipeline composes every stage from the same command line
+    plus `pipeline.<stage>.<key>=value` settings meant for that stage alone (e.g.
+    `pipeline.cpt.optim.lr=1e-3`, `pipeline.eval.eval.tasks=[DIR]`), which win over the shared ones."""
+
+    # In PIPELINE_ORDER; empty = every stage this version has, in that order.
+    stages: List[str] = field(default_factory=list)
 
 
 @dataclass
