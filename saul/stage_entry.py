@@ -61,6 +61,9 @@ class StageTask:
             if binding.cpu_problem and os.environ.get("SLURM_PROCID", "0") == "0":
                 print(f"warning: {binding.cpu_problem}", flush=True)  # said once, by rank 0
         result = self._run(cfg, rundir)
+        from saul.lineage import record_stage
+
+        record_stage(cfg, rundir, result)  # rank 0 of a stage that ended done: lineage.json + model card
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             # The requeue path after srun reads the exit code (submitit would turn a return into 0);
             # everything the next attempt needs is already on disk.
