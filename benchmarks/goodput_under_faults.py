@@ -1,22 +1,27 @@
-"""Goodput of a 2-node tiny CPT on a real local Slurm cluster while ranks keep dying, next to a clean run.
+"""Goodput of a 2-node tiny CPT on a real local Slurm cluster while ranks keep dying: the toolkit against its peer.
 
     python benchmarks/goodput_under_faults.py [--steps 3200] [--every-steps 100] [--fault-every-s 60]
-                                              [--seed 0] [--skip-clean] [--keep DIR]
+                                              [--seed 0] [--skip-clean] [--keep DIR] [--variants abc]
 
 Starts a LocalSlurmCluster (tests/slurm_cluster.py: 3 nodes, root only) in a temporary folder,
-prepares the demo data (stage=prepare on the local site), then submits the same CPT twice as a
-user would (`jobs/submit.py stage=cpt site=local-slurm nodes=2 ...`, one rank per node, one
-CPU thread each): a clean run, and a run in which every `--fault-every-s` seconds of training
-(wall time since the running attempt's first step) a random rank gets SIGKILL, found the way
-tests/integration/test_faults_slurm.py finds it. Nothing else is touched: srun ends the step,
-after_job requeues, the next attempt resumes from the newest checkpoint, until the stage is done.
-Then prints both runs' goodput (monitoring/goodput.py) side by side and one line per fault.
+prepares the demo data (stage=prepare on the local site), then runs the same CPT (same model, step
+loop, checkpoint interval; one rank per node, one CPU thread each): a clean run, then under the
+same fault schedule, one variant after the other:
+  (a) this toolkit (`jobs/submit.py stage=cpt site=local-slurm nodes=2 ...`): a crash is relaunched
+      inside the allocation (saul/resilience/step_restart.py);
+  (b) the plain submitit way (benchmarks/plain_submitit_baseline.py): Checkpointable + --requeue,
+      resubmitted by a loop when a job fails;
+  (c) this toolkit with resilience.in_job_restart=false: every crash goes through a Slurm requeue.
+Every `--fault-every-s` seconds of training (wall time since the running attempt's first step) a
+random rank gets SIGKILL, found the way tests/integration/test_faults_slurm.py finds it. Prints each
+run's goodput (monitoring/goodput.py) side by side, the comparison table (effective training time,
+median recovery = kill -> the next attempt's first step, lost work) and one line per fault.
 
 Sizing: a tiny step took 0.073 s on the quiet 2-core test VM under Slurm (2 ranks and their meters
 sharing 2 cores) and up to 0.13 s while other work ran, so 3200 steps are ~4 minutes of step time
-(up to 7): the clean run takes ~4-7 minutes, the run with faults 2-3 minutes more. Time limits are set far away
-(time_limit_min=60) so that only the injected faults interrupt. The cluster is stopped, by PID,
-on every exit path (errors and SIGTERM included). Exit 0 when both runs finished, 1 otherwise.
+(up to 7) per run. Time limits are set far away (time_limit_min=60) so that only the injected
+faults interrupt. The cluster is stopped, by PID, on every exit path (errors and SIGTERM
+included). Exit 0 when every run finished, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +50,8 @@ from tests.slurm_cluster import LocalSlurmCluster  # noqa: E402
 
 SECONDS_PER_STEP_GUESS = 0.15  # only for the time-outs: measured 0.08-0.16 s on the 2-core test VM
 FINISHED_ACTIONS = ("done", "stop")
+VARIANTS = {"a": "(a) toolkit", "b": "(b) plain submitit Checkpointable+requeue",
+            "c": "(c) toolkit, in-job restart off"}
 
 
 @dataclass
@@ -77,15 +85,36 @@ def prepare_data(runs_root: Path) -> Path:
     return runs_root / "data" / "data"
 
 
-def submit_cpt(cluster: LocalSlurmCluster, runs_root: Path, run: str, data: Path, steps: int, every_steps: int) -> Path:
-    args = ["stage=cpt", "model=tiny-mixtral", "site=local-slurm", "nodes=2", f"runs_root={runs_root}", f"run={run}",
+def cpt_args(runs_root: Path, run: str, data: Path, steps: int, every_steps: int) -> List[str]:
+    """The same training for every variant: only how failures are handled differs."""
+    return ["stage=cpt", "model=tiny-mixtral", "site=local-slurm", "nodes=2", f"runs_root={runs_root}", f"run={run}",
             f"data.path={data}", f"train.max_steps={steps}", "train.threads_per_rank=1", "train.log_every=1",
             f"checkpoint.every_steps={every_steps}", "time_limit_min=60"]
+
+
+def submit_cpt(cluster: LocalSlurmCluster, runs_root: Path, run: str, data: Path, steps: int, every_steps: int,
+               *extra: str) -> Path:
+    args = cpt_args(runs_root, run, data, steps, every_steps) + list(extra)
     result = subprocess.run([*SUBMIT, *args], env=cluster.client_environ(env_extra()), capture_output=True, text=True,
                             timeout=300)
     if result.returncode != 0 or "submitted Slurm job" not in result.stdout:
         raise BenchmarkError(f"submit of run {run} failed:\n{result.stdout}{result.stderr}")
     return runs_root / run / "cpt"
+
+
+def start_plain_submitit(cluster: LocalSlurmCluster, runs_root: Path, run: str, data: Path, steps: int,
+                         every_steps: int):
+    """(b): the stage directory frozen as a submit would, then the plain submitit resubmit loop (a thread)."""
+    from benchmarks.plain_submitit_baseline import ResubmitLoop
+    from jobs.frozen_config import freeze_or_check
+    from jobs.submit import prepare_submission
+
+    os.environ.update(cluster.client_environ({**env_extra(), "PYTHONPATH": str(REPO)}))
+    _, cfg, rundir, _ = prepare_submission(cpt_args(runs_root, run, data, steps, every_steps))
+    freeze_or_check(rundir.config, cfg, rundir.ledger)
+    loop = ResubmitLoop(rundir.root, nodes=2)
+    loop.start()
+    return rundir.root, loop
 
 
 def finished(stage: Path) -> Optional[dict]:
@@ -204,6 +233,29 @@ def side_by_side(runs: Dict[str, goodput.StageGoodput]) -> List[str]:
     return lines
 
 
+def recovery_times(stage: goodput.StageGoodput, faults: List[Fault]) -> List[float]:
+    """Kill -> the next attempt's first step began, per fault that was followed by another attempt."""
+    out = []
+    for f in faults:
+        nxt = next((b for b in stage.attempts if b.attempt > f.attempt and b.startup_s is not None), None)
+        if nxt is not None:
+            out.append(nxt.start + nxt.startup_s - f.time)
+    return out
+
+
+def peer_table(results: Dict[str, goodput.StageGoodput], faults: Dict[str, List[Fault]]) -> List[str]:
+    """The issue's comparison: effective training time, median recovery (kill -> next first step), lost work."""
+    lines = [f"{'variant':<44}{'effective':>10}{'median recovery':>17}{'lost work':>20}{'faults':>8}{'jobs':>6}"]
+    for name, s in results.items():
+        times = recovery_times(s, faults.get(name, []))
+        median = statistics.median(times) if times else None
+        lost = f"{sum(a.redone_steps for a in s.attempts)} st / {_f(s.redone_s)} s"
+        jobs = len({a.job_id for a in s.attempts})
+        lines.append(f"{name:<44}{_pct(s.ratio):>10}{_f(median, 1, ' s'):>17}{lost:>20}"
+                     f"{len(faults.get(name, [])):>8}{jobs:>6}")
+    return lines
+
+
 def fault_lines(stage: goodput.StageGoodput, faults: List[Fault], ledger_records: List[dict]) -> List[str]:
     """One line per fault; the gap is split at after_job's job_end: before it, srun noticing the dead
     rank and the batch script's teardown; after it, Slurm's requeue, the queue and the next launch."""
@@ -238,7 +290,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which rank dies each time")
     parser.add_argument("--skip-clean", action="store_true", help="only the run with faults")
     parser.add_argument("--keep", type=Path, help="keep the run directories (and goodput reports) here")
+    parser.add_argument("--variants", default="abc", help="which of a (toolkit), b (plain submitit), "
+                        "c (toolkit, in-job restart off) to run, in this order")
     args = parser.parse_args(argv)
+    if not args.variants or set(args.variants) - set(VARIANTS):
+        parser.error(f"--variants takes letters of {''.join(VARIANTS)}, e.g. --variants abc")
     ok, reason = LocalSlurmCluster.available()
     if not ok:
         print(f"cannot run: local Slurm cluster unavailable: {reason}", file=sys.stderr)
@@ -249,6 +305,7 @@ def main(argv=None) -> int:
     cluster = LocalSlurmCluster(work / "cluster", nodes=3, cluster_name="saulgoodput")
     budget_s = 600 + args.steps * SECONDS_PER_STEP_GUESS * 3
     stages: Dict[str, Path] = {}
+    injectors: Dict[str, FaultInjector] = {}
     t_start = time.time()
     try:
         cluster.start()
@@ -258,10 +315,18 @@ def main(argv=None) -> int:
             print(f"clean run: {args.steps} steps, checkpoint every {args.every_steps}", flush=True)
             stages["clean"] = submit_cpt(cluster, runs_root, "clean", data, args.steps, args.every_steps)
             wait_until_finished(stages["clean"], budget_s)
-        print(f"run with faults: SIGKILL of a random rank every ~{args.fault_every_s:.0f} s of training", flush=True)
-        stages["faults"] = submit_cpt(cluster, runs_root, "faults", data, args.steps, args.every_steps)
-        injector = FaultInjector(stages["faults"], args.fault_every_s, args.steps, random.Random(args.seed))
-        injector.run(budget_s + 120 * (args.steps * SECONDS_PER_STEP_GUESS / args.fault_every_s))
+        for name in args.variants:
+            print(f"{VARIANTS[name]}: SIGKILL of a random rank every ~{args.fault_every_s:.0f} s of training", flush=True)
+            if name == "b":
+                stages[name], loop = start_plain_submitit(cluster, runs_root, name, data, args.steps, args.every_steps)
+            else:
+                extra = ["resilience.in_job_restart=false"] if name == "c" else []
+                stages[name] = submit_cpt(cluster, runs_root, name, data, args.steps, args.every_steps, *extra)
+            injector = FaultInjector(stages[name], args.fault_every_s, args.steps, random.Random(args.seed))
+            injectors[name] = injector
+            injector.run(budget_s + 120 * (args.steps * SECONDS_PER_STEP_GUESS / args.fault_every_s))
+            if name == "b" and loop.error:
+                raise BenchmarkError(f"plain submitit: {loop.error}")
     except (BenchmarkError, KeyboardInterrupt) as exc:
         print(f"benchmark stopped: {exc}", file=sys.stderr)
         return 1
@@ -273,8 +338,12 @@ def main(argv=None) -> int:
     print(f"\ngoodput, 2-node tiny CPT on a local Slurm cluster ({args.steps} steps, checkpoint every "
           f"{args.every_steps}; benchmark wall time {time.time() - t_start:.0f} s)")
     print("\n".join(side_by_side(results)))
-    print(f"\nfaults ({len(injector.faults)}):")
-    print("\n".join(fault_lines(results["faults"], injector.faults, records(stages["faults"] / "ledger.jsonl"))))
+    print("\nside by side, same fault schedule (recovery: kill -> the next attempt's first step began):")
+    print("\n".join(peer_table({VARIANTS[n]: results[n] for n in injectors},
+                                {VARIANTS[n]: i.faults for n, i in injectors.items()})))
+    for name, injector in injectors.items():
+        print(f"\nfaults of {VARIANTS[name]} ({len(injector.faults)}):")
+        print("\n".join(fault_lines(results[name], injector.faults, records(stages[name] / "ledger.jsonl"))))
     outcome = {name: (finished(stage) or {}).get("action") for name, stage in stages.items()}
     if args.keep is not None:
         for name, s in results.items():
