@@ -32,12 +32,17 @@ def jsonl_bytes(records: Iterable[Mapping]) -> bytes:
 
 
 def funnel(stats: Iterable[Mapping]) -> Dict[str, Dict[str, Dict[str, int]]]:
-    """step -> source -> {docs_in, docs_out, words_in, words_out}, summed over shards."""
+    """step -> source -> {docs_in, docs_out, words_in, words_out[, tokens_in, tokens_out]}, summed
+    over shards (tokens of the model's tokenizer exist from the mixture on: filtered documents are
+    never tokenized)."""
     out: Dict[str, Dict[str, Dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for row in stats:
         cell = out[row["step"]][row["source"]]
         for key in ("docs_in", "docs_out", "words_in", "words_out"):
             cell[key] += int(row.get(key, 0))
+        for key in ("tokens_in", "tokens_out"):
+            if key in row:
+                cell[key] += int(row[key])
     return {step: {src: dict(v) for src, v in by_src.items()} for step, by_src in out.items()}
 
 
@@ -82,13 +87,14 @@ def write_audit(audit_dir: Path, removed: Sequence[Mapping], kept: Sequence[Mapp
 
 def render_report(table, removed: Sequence[Mapping], summary: Mapping) -> str:
     lines: List[str] = ["# Data preparation report", "", "![funnel](funnel.png)", "",
-                        "## Funnel (documents and words in -> out, per step and source)", "",
-                        "| step | source | docs in | docs out | words in | words out |",
-                        "|---|---|---:|---:|---:|---:|"]
+                        "## Funnel (documents, words and tokens in -> out, per step and source)", "",
+                        "| step | source | docs in | docs out | words in | words out | tokens in | tokens out |",
+                        "|---|---|---:|---:|---:|---:|---:|---:|"]
     for step in STEPS:
         for src, v in sorted(table.get(step, {}).items()):
             lines.append(f"| {step} | {src} | {v.get('docs_in', 0)} | {v.get('docs_out', 0)} | "
-                         f"{v.get('words_in', 0)} | {v.get('words_out', 0)} |")
+                         f"{v.get('words_in', 0)} | {v.get('words_out', 0)} | {v.get('tokens_in', '-')} | "
+                         f"{v.get('tokens_out', '-')} |")
     counts: Dict[str, int] = defaultdict(int)
     for r in removed:
         counts[r["reason"]] += 1
@@ -107,8 +113,8 @@ def render_report(table, removed: Sequence[Mapping], summary: Mapping) -> str:
     if dedup:
         lines += ["", f"## Near-dedup: MinHash {dedup['num_perm']} permutations, word {dedup['ngram']}-grams, "
                   f"{dedup['bands']} bands x {dedup['rows']} rows", "",
-                  "| Jaccard | P(candidate) |", "|---:|---:|"]
-        lines += [f"| {j:.1f} | {p:.3f} |" for j, p in dedup["recall_curve"]]
+                  "| Jaccard | P(candidate pair) | P(removed: signatures agree >= 50 %) |", "|---:|---:|---:|"]
+        lines += [f"| {j:.1f} | {p:.3f} | {q:.3f} |" for j, p, q in dedup["recall_curve"]]
     for key in ("tokenizer", "perplexity", "decontamination"):
         if summary.get(key):
             lines += ["", f"## {key.capitalize()}", "", "```", json.dumps(summary[key], indent=2), "```"]

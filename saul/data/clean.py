@@ -37,9 +37,10 @@ _LINE_NUMBER = re.compile(r"^\s*(\d{1,3})(?:\s+|$)(?=\S|$)")
 _HYPHEN = re.compile(r"([A-Za-z])-\n[ \t]*([a-z])")
 _BROKEN = re.compile(r"([^\n.:;!?\"”)\]])\n[ \t]*(?=[a-z(])")
 _REPEATED = re.compile(r"([^\w\s])\1{9,}")
-_SPACES = re.compile(r"[ \t]+")
+_SPACES = re.compile(r"\t[ \t]*| [ \t]+")  # not a lone space: that would match 1000s of times
 _BLANKS = re.compile(r"\n{3,}")
 _DIGITS = re.compile(r"\d+")
+_NON_LETTER = re.compile(r"[\W\d_]+")  # the rest are letters (str.isalpha, plus e.g. "½")
 _MIN_LINE_RUN = 5  # consecutive numbered lines that make a transcript
 _HEADER_ZONE = 2  # lines at each end of a page that may be a running header/footer
 _MIN_PAGES_FOR_HEADERS = 2
@@ -88,16 +89,12 @@ def clean_text(text: str) -> Cleaned:
     hits["broken_lines"] += n
     out, n = _REPEATED.subn(" ", out)
     hits["repeated_chars"] += n
-    out, n = _SPACES.subn(_one_space, out)
+    out, n = _SPACES.subn(" ", out)
     hits["whitespace"] += n
     out = "\n".join(line.strip() for line in out.split("\n"))
     out, n = _BLANKS.subn("\n\n", out)
     hits["whitespace"] += n
     return Cleaned(out.strip(), +hits)
-
-
-def _one_space(match: re.Match) -> str:
-    return " "
 
 
 def _header_key(line: str) -> str:
@@ -168,8 +165,10 @@ def repeated_share(tokens: List[str], n: int = REPETITION_NGRAM) -> float:
     """Share of words that lie inside a word n-gram occurring more than once."""
     if len(tokens) < 2 * n:
         return 0.0
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = list(zip(*(tokens[k:] for k in range(n))))
     counts = Counter(grams)
+    if len(counts) == len(grams):  # the usual case: no n-gram repeats
+        return 0.0
     covered = [False] * len(tokens)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:
@@ -185,8 +184,8 @@ def document_verdict(text: str, min_words: int) -> Tuple[str, str]:
     tokens = words(text)
     if len(tokens) < min_words:
         return "rule", f"{len(tokens)} words < data.min_words={min_words}"
-    visible = sum(1 for ch in text if not ch.isspace())
-    letters = sum(1 for ch in text if ch.isalpha())
+    visible = len("".join(tokens))
+    letters = len(_NON_LETTER.sub("", text))
     if visible and letters / visible < MIN_LETTER_SHARE:
         return "rule", f"letters are {letters / visible:.0%} of the characters (< {MIN_LETTER_SHARE:.0%})"
     share = repeated_share(tokens)

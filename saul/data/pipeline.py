@@ -33,10 +33,34 @@ from saul.data.packing import DEFAULT_SAMPLES_PER_SHARD, FORMAT_VERSION, pack_do
 from saul.data.prepare import TOKENIZER_DIR, existing_dataset, install_atomically
 from saul.data.tokenizer import backend_tokenizer, train_tokenizer
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: MinHash shingle hashes from cached word hashes
 DONE_MARKER = "done.json"
 _ENCODE_CHUNK = 512
 _WAIT_POLL_S = 1.0
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (pdftotext): what a step costs a core."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+class StepClock:
+    """CPU seconds per step, summed (`with clock("cleaning"): ...`)."""
+
+    def __init__(self):
+        self.seconds: Counter = Counter()
+        self._step, self._t0 = "", 0.0
+
+    def __call__(self, step: str) -> "StepClock":
+        self._step = step
+        return self
+
+    def __enter__(self):
+        self._t0 = cpu_seconds()
+
+    def __exit__(self, *exc):
+        self.seconds[self._step] += cpu_seconds() - self._t0
 
 
 @dataclass
@@ -104,31 +128,40 @@ class _ShardRunner:
 
     def run(self, files: Sequence[tuple[int, extract.InputFile]], out: Path,
             should_stop: Callable[[], bool]) -> bool:
-        kept, removed, sigs = [], [], []
+        kept, removed = [], []
         stats: Counter = Counter()
         rule_hits: Counter = Counter()
+        clock = StepClock()
         for file_index, f in files:
             if should_stop():
                 return False
             src = self.sources[f.source]
-            for n, ex in enumerate(extract.extract(f, src.text_field, self.cfg.num_documents, self.seed)):
-                doc = self._one(src, ex, stats, rule_hits, removed)
+            records = extract.extract(f, src.text_field, self.cfg.num_documents, self.seed)
+            n = 0
+            while True:
+                with clock("extraction"):
+                    ex = next(records, None)
+                if ex is None:
+                    break
+                doc = self._one(src, ex, stats, rule_hits, removed, clock)
                 if doc is not None:
                     doc["o"] = [file_index, n]
                     kept.append(doc)
-                    sigs.append(self.signer.signature(doc["text"]))
+                n += 1
+        with clock("minhash_signatures"):  # one batched numpy product per ~4k shingles
+            sig = self.signer.signatures(d["text"] for d in kept)
         out.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(out / "docs.jsonl", audit.jsonl_bytes(kept), sync_dir=False)
         write_bytes_atomic(out / "removed.jsonl", audit.jsonl_bytes(removed), sync_dir=False)
-        sig = np.stack(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
         write_bytes_atomic(out / "signatures.u32", sig.astype("<u4").tobytes(), sync_dir=False)
         rows = [{"step": step, "source": source, key: value}
                 for (step, source, key), value in stats.items()]
-        write_json_atomic(out / DONE_MARKER, {"docs": len(kept), "stats": rows,
-                                              "rule_hits": dict(rule_hits)})
+        write_json_atomic(out / DONE_MARKER, {"docs": len(kept), "stats": rows, "rule_hits": dict(rule_hits),
+                                              "cpu_seconds": dict(clock.seconds)})
         return True
 
-    def _one(self, src, ex, stats: Counter, rule_hits: Counter, removed: list) -> Optional[dict]:
+    def _one(self, src, ex, stats: Counter, rule_hits: Counter, removed: list,
+             clock: StepClock) -> Optional[dict]:
         name = src.name
 
         def step(step_name: str, words_in: int, reason: str = "", detail: str = "", words_out: int = 0):
@@ -145,20 +178,23 @@ class _ShardRunner:
         raw_words = len(ex.text.split()) if ex.text else 0
         if not step("extraction", 0, ex.skip, ex.detail, raw_words):
             return None
-        cleaned = clean.clean_text(ex.text)
-        rule_hits.update(cleaned.hits)
-        words = len(cleaned.text.split())
-        reason, detail = clean.document_verdict(cleaned.text, self.cfg.min_words)
+        with clock("cleaning"):
+            cleaned = clean.clean_text(ex.text)
+            rule_hits.update(cleaned.hits)
+            words = len(cleaned.text.split())
+            reason, detail = clean.document_verdict(cleaned.text, self.cfg.min_words)
         if not step("cleaning", raw_words, reason, detail, words):
             return None
         if self.scorer is not None and src.role == "legal":  # the model knows legal text only
-            ppl = self.scorer.perplexity(cleaned.text)
+            with clock("perplexity"):
+                ppl = self.scorer.perplexity(cleaned.text)
             bad = ppl > self.cfg.max_perplexity
             if not step("perplexity", words, "perplexity" if bad else "",
                         f"perplexity {ppl:.1f} > {self.cfg.max_perplexity:g}", words):
                 return None
         if self.index is not None:
-            gram = self.index.match(cleaned.text)
+            with clock("decontamination"):
+                gram = self.index.match(cleaned.text)
             if not step("decontamination", words, "decontaminated" if gram else "",
                         f"shares an evaluation n-gram: {gram!r}", words):
                 return None
@@ -224,48 +260,58 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
 def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
            samples_per_shard: int, say) -> dict:
     data = cfg.data
+    clock = StepClock()
     docs: List[dict] = []
     sigs: List[np.ndarray] = []
     removed: List[dict] = []
     stats: List[dict] = []
     rule_hits: Counter = Counter()
-    for s in range(num_shards):
-        d = shard_dir(work, s)
-        marker = json.loads((d / DONE_MARKER).read_text(encoding="utf-8"))
-        shard_docs = _read_jsonl(d / "docs.jsonl")
-        sig = np.frombuffer((d / "signatures.u32").read_bytes(), dtype="<u4").reshape(-1, dedup.NUM_PERM)
-        if len(sig) != len(shard_docs) or marker["docs"] != len(shard_docs):
-            raise DatasetError(f"{d}: documents and signatures disagree; delete {work} and re-run")
-        docs.extend(shard_docs)
-        sigs.append(sig)
-        removed.extend(_read_jsonl(d / "removed.jsonl"))
-        stats.extend(marker["stats"])
-        rule_hits.update(marker["rule_hits"])
-    sig_all = np.concatenate(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
-    order = sorted(range(len(docs)), key=lambda i: docs[i]["o"])
-    docs = [docs[i] for i in order]
-    sig_all = sig_all[order]
+    shard_seconds: Counter = Counter()
+    with clock("merge_read"):
+        for s in range(num_shards):
+            d = shard_dir(work, s)
+            marker = json.loads((d / DONE_MARKER).read_text(encoding="utf-8"))
+            shard_docs = _read_jsonl(d / "docs.jsonl")
+            sig = np.frombuffer((d / "signatures.u32").read_bytes(), dtype="<u4").reshape(-1, dedup.NUM_PERM)
+            if len(sig) != len(shard_docs) or marker["docs"] != len(shard_docs):
+                raise DatasetError(f"{d}: documents and signatures disagree; delete {work} and re-run")
+            docs.extend(shard_docs)
+            sigs.append(sig)
+            removed.extend(_read_jsonl(d / "removed.jsonl"))
+            stats.extend(marker["stats"])
+            rule_hits.update(marker["rule_hits"])
+            shard_seconds.update(marker.get("cpu_seconds", {}))
+        sig_all = np.concatenate(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
+        order = sorted(range(len(docs)), key=lambda i: docs[i]["o"])
+        docs = [docs[i] for i in order]
+        sig_all = sig_all[order]
     names = [s.name for s in sources]
 
     def global_step(step: str, dup_of: Sequence[int], pool: List[dict], reason: str, label: str) -> List[int]:
         keep = []
+        counts: Counter = Counter()
         for i, (doc, j) in enumerate(zip(pool, dup_of)):
-            row = {"step": step, "source": names[doc["source"]], "docs_in": 1, "words_in": doc["words"]}
+            name = names[doc["source"]]
+            counts[name, "docs_in"] += 1
+            counts[name, "words_in"] += doc["words"]
             if j < 0:
                 keep.append(i)
-                row.update(docs_out=1, words_out=doc["words"])
+                counts[name, "docs_out"] += 1
+                counts[name, "words_out"] += doc["words"]
             else:
-                removed.append({"source": names[doc["source"]], "doc_id": doc["doc_id"], "step": step,
+                removed.append({"source": name, "doc_id": doc["doc_id"], "step": step,
                                 "reason": reason, "detail": f"{label} of {pool[j]['doc_id']}"})
-            stats.append(row)
+        stats.extend({"step": step, "source": name, key: value} for (name, key), value in counts.items())
         return keep
 
-    keep = global_step("exact_dedup", dedup.exact_duplicate_of([dedup.exact_key(d["text"]) for d in docs]),
-                       docs, "exact_duplicate", "duplicate")
-    docs, sig_all = [docs[i] for i in keep], sig_all[keep]
-    keep = global_step("near_dedup", dedup.near_duplicate_of(sig_all, data.minhash_bands, data.minhash_rows),
-                       docs, "near_duplicate", "near-duplicate")
-    docs = [docs[i] for i in keep]
+    with clock("exact_dedup"):
+        keep = global_step("exact_dedup", dedup.exact_duplicate_of([dedup.exact_key(d["text"]) for d in docs]),
+                           docs, "exact_duplicate", "duplicate")
+        docs, sig_all = [docs[i] for i in keep], sig_all[keep]
+    with clock("near_dedup"):  # buckets, clusters, filter
+        keep = global_step("near_dedup", dedup.near_duplicate_of(sig_all, data.minhash_bands, data.minhash_rows),
+                           docs, "near_duplicate", "near-duplicate")
+        docs = [docs[i] for i in keep]
     if not docs:
         raise DatasetError("prepare: no document survived the filters (see the counts above); "
                            "check data.sources and data.max_perplexity")
@@ -275,38 +321,45 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
     tok_dir = tmp / TOKENIZER_DIR
     choice = inputs["tokenizer_choice"]
     tokenizer_info: Dict = {"kind": choice}
-    if choice == "local-bpe":
-        train_tokenizer(texts, int(data.tokenizer_vocab_size), tok_dir)
-    elif choice in model_tokenizer.MISTRAL_FILES:
-        _, compared = model_tokenizer.mistral_directory(choice, tok_dir, texts)
-        tokenizer_info["parity_checked_texts"] = compared
-    else:
-        model_tokenizer.copy_directory(choice, tok_dir)
-        tokenizer_info["kind"] = "directory"
-    backend = backend_tokenizer(tok_dir)
+    with clock("tokenizer_setup"):  # a fixed cost: train the local BPE, or convert and check Mixtral's
+        if choice == "local-bpe":
+            train_tokenizer(texts, int(data.tokenizer_vocab_size), tok_dir)
+        elif choice in model_tokenizer.MISTRAL_FILES:
+            _, compared = model_tokenizer.mistral_directory(choice, tok_dir, texts)
+            tokenizer_info["parity_checked_texts"] = compared
+        else:
+            model_tokenizer.copy_directory(choice, tok_dir)
+            tokenizer_info["kind"] = "directory"
+        backend = backend_tokenizer(tok_dir)
     tokenizer_info["vocab_size"] = backend.get_vocab_size(with_added_tokens=True)
     ids: List[List[int]] = []
-    for start in range(0, len(texts), _ENCODE_CHUNK):
-        ids.extend(enc.ids for enc in backend.encode_batch_fast(texts[start:start + _ENCODE_CHUNK],
-                                                                add_special_tokens=False))
+    with clock("tokenization"):
+        for start in range(0, len(texts), _ENCODE_CHUNK):
+            ids.extend(enc.ids for enc in backend.encode_batch_fast(texts[start:start + _ENCODE_CHUNK],
+                                                                    add_special_tokens=False))
     doc_tokens = [len(x) + 1 for x in ids]  # + the EOS the packer appends
 
-    copies, shares = mixture.plan_mixture(names, [s.weight for s in sources], [d["source"] for d in docs],
-                                          doc_tokens, cfg.seed)
-    packed: List[List[int]] = []
-    kept_audit: List[dict] = []
-    per_source_tokens: Counter = Counter()
-    for doc, tokens, n, row_ids in zip(docs, doc_tokens, copies, ids):
-        name = names[doc["source"]]
-        stats.append({"step": "mixture", "source": name, "docs_in": 1, "words_in": doc["words"],
-                      "docs_out": int(n > 0), "words_out": doc["words"] * n})
-        if n == 0:
-            removed.append({"source": name, "doc_id": doc["doc_id"], "step": "mixture", "reason": "mixture",
-                            "detail": "down-sampled to the source's share"})
-            continue
-        packed.extend([row_ids] * n)
-        per_source_tokens[name] += tokens * n
-        kept_audit.append({"source": name, "doc_id": doc["doc_id"], "tokens": tokens * n, "copies": n})
+    with clock("mixture"):
+        copies, shares = mixture.plan_mixture(names, [s.weight for s in sources], [d["source"] for d in docs],
+                                              doc_tokens, cfg.seed)
+        packed: List[List[int]] = []
+        kept_audit: List[dict] = []
+        per_source_tokens: Counter = Counter()
+        mix_counts: Counter = Counter()
+        for doc, tokens, n, row_ids in zip(docs, doc_tokens, copies, ids):
+            name = names[doc["source"]]
+            for key, value in (("docs_in", 1), ("words_in", doc["words"]), ("tokens_in", tokens),
+                               ("docs_out", int(n > 0)), ("words_out", doc["words"] * n),
+                               ("tokens_out", tokens * n)):
+                mix_counts[name, key] += value
+            if n == 0:
+                removed.append({"source": name, "doc_id": doc["doc_id"], "step": "mixture", "reason": "mixture",
+                                "detail": "down-sampled to the source's share"})
+                continue
+            packed.extend([row_ids] * n)
+            per_source_tokens[name] += tokens * n
+            kept_audit.append({"source": name, "doc_id": doc["doc_id"], "tokens": tokens * n, "copies": n})
+        stats.extend({"step": "mixture", "source": name, key: value} for (name, key), value in mix_counts.items())
 
     summary = {
         "mixture": mixture.shares_table(shares),
@@ -318,10 +371,13 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
         "decontamination": {"paths": list(data.decontaminate)} if data.decontaminate else None,
         "cleaning_rule_hits": dict(rule_hits),
     }
-    funnel = audit.write_audit(tmp / "audit", removed, kept_audit, stats, summary)
+    with clock("audit"):
+        funnel = audit.write_audit(tmp / "audit", removed, kept_audit, stats, summary)
     metadata = {"inputs": inputs, "tokenizer_dir": TOKENIZER_DIR, "tokenizer": tokenizer_info,
                 "source_tokens": dict(per_source_tokens), "steps": funnel, "summary": summary,
                 "removed_by_reason": dict(Counter(r["reason"] for r in removed)), "audit": "audit"}
     say(f"prepare: packing {sum(per_source_tokens.values())} tokens")
+    # CPU seconds per step, the shards' summed over ranks (provenance: the fingerprint leaves it out).
+    metadata["cpu_seconds"] = {k: round(v, 3) for k, v in (shard_seconds + clock.seconds).items()}
     return pack_documents(packed, tokenizer=tok_dir, seq_len=int(cfg.train.seq_len), out_dir=tmp,
                           seed=int(cfg.seed), samples_per_shard=samples_per_shard, metadata=metadata)

@@ -116,7 +116,7 @@ def test_near_dedup_recall_and_false_positives_follow_the_s_curve():
         false = sum(1 for i, j in enumerate(dup_of) if j >= 0 and (j, i) not in pairs)
         jac = float(np.mean([_jaccard(docs[a], docs[b]) for a, b in pairs]))
         measured[keep] = (found / len(pairs), jac, false)
-        expected = dedup.candidate_probability(jac, 42, 6)
+        expected = dedup.duplicate_probability(jac, 42, 6)
         assert abs(found / len(pairs) - expected) < 0.3, (keep, found, jac, expected)
         assert false == 0  # unrelated documents never collide
     assert measured[0.97][0] == 1.0 and measured[0.8][0] <= 0.2
