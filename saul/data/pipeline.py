@@ -77,9 +77,10 @@ def _file_id(path: Path) -> Dict:
 
 
 def pipeline_inputs(cfg_data, model_name: str, model_path: str, seq_len: int, seed: int,
-                    files: Sequence[extract.InputFile], sources: Sequence[extract.Source],
-                    num_shards: int) -> dict:
-    """Everything that decides the dataset's bytes (a dataset made from equal inputs is reused)."""
+                    files: Sequence[extract.InputFile], sources: Sequence[extract.Source]) -> dict:
+    """Everything that decides the dataset's bytes (a dataset made from equal inputs is reused).
+    The shard count is not in it: documents are merged in input order, so 1 or N ranks (and any
+    data.num_shards) give the same dataset, and a re-run on another rank count reuses it."""
     settings = {k: cfg_data[k] for k in ("tokenizer", "max_perplexity", "min_words", "minhash_ngram",
                                          "minhash_bands", "minhash_rows", "tokenizer_vocab_size",
                                          "num_documents")}
@@ -92,7 +93,7 @@ def pipeline_inputs(cfg_data, model_name: str, model_path: str, seq_len: int, se
         "kenlm_model": _file_id(Path(cfg_data.kenlm_model)) if cfg_data.kenlm_model else None,
         "decontaminate": [_file_id(p) for p in _decontam_files(cfg_data)],
         "tokenizer_choice": model_tokenizer.choose(cfg_data.tokenizer, model_name, model_path),
-        "settings": settings, "seq_len": int(seq_len), "seed": int(seed), "num_shards": num_shards,
+        "settings": settings, "seq_len": int(seq_len), "seed": int(seed),
     }
 
 
@@ -106,8 +107,9 @@ def fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def work_dir_for(out: Path, inputs: dict) -> Path:
-    return out.with_name(f".{out.name}.work-{fingerprint(inputs)[:16]}")
+def work_dir_for(out: Path, inputs: dict, num_shards: int) -> Path:
+    """Shards of other inputs or another split are never mixed: both are in the name."""
+    return out.with_name(f".{out.name}.work-{fingerprint({**inputs, 'num_shards': num_shards})[:16]}")
 
 
 def shard_dir(work: Path, index: int) -> Path:
@@ -221,12 +223,11 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
     if any(f.format == "pdf" for f in files):
         extract.require_pdftotext()
     num_shards = int(data.num_shards) or min(len(files), 4 * max(world, 1))
-    inputs = pipeline_inputs(data, cfg.model.name, cfg.model.path, cfg.train.seq_len, cfg.seed, files,
-                             sources, num_shards)
+    inputs = pipeline_inputs(data, cfg.model.name, cfg.model.path, cfg.train.seq_len, cfg.seed, files, sources)
     found = existing_dataset(out, inputs)
     if found is not None:
         return Outcome("done" if rank == 0 else "shards_done", found, 0, num_shards)
-    work = work_dir_for(out, inputs)
+    work = work_dir_for(out, inputs, num_shards)
     work.mkdir(parents=True, exist_ok=True)
     shards = [[(i, f) for i, f in enumerate(files) if i % num_shards == s] for s in range(num_shards)]
     runner = _ShardRunner(data, sources, cfg.seed)

@@ -1,10 +1,13 @@
-"""The real prepare stage end to end: raw PDFs/HTML/JSONL/Parquet -> audited, packed dataset."""
+"""The real prepare stage end to end: raw PDFs/HTML/JSONL/Parquet -> audited, packed dataset,
+on 1 rank, 2 local ranks and 2 Slurm nodes (the same dataset every time)."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration import e2e
 
 from saul.config.compose import compose
 from saul.config.errors import ConfigError
@@ -16,8 +19,8 @@ from tests.data_fixtures import LEGALBENCH, raw_corpus  # noqa: F401 (fixture)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _overrides(root, extra=()):
-    ov = ["stage=prepare", "model=tiny-mixtral", "site=local",
+def _overrides(root, extra=(), site="local"):
+    ov = ["stage=prepare", "model=tiny-mixtral", f"site={site}",
           f"data.sources=[{{path:{root}/legal}},{{path:{root}/replay,role:replay,weight:0.02}},"
           f"{{path:{root}/math,role:math,weight:0.05}}]"]
     if (root / "legal.arpa").is_file():
@@ -27,12 +30,23 @@ def _overrides(root, extra=()):
     return ov + list(extra)
 
 
-def test_submit_runs_the_real_pipeline_with_its_audit(raw_corpus, tmp_path):
-    root, planted = raw_corpus
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/submit.py"), *_overrides(root),
-                           f"runs_root={tmp_path}", "run=real"], capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def one_rank(raw_corpus, tmp_path_factory):
+    """runs/real/data made by `jobs/submit.py stage=prepare` on one local rank."""
+    root, _ = raw_corpus
+    runs = tmp_path_factory.mktemp("runs")
+    proc = e2e.submit(*_overrides(root), f"runs_root={runs}", "run=real")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = tmp_path / "real" / "data"
+    return runs / "real" / "data"
+
+
+def _fingerprint(data: Path) -> str:
+    return json.loads((data / "manifest.json").read_text(encoding="utf-8"))["fingerprint"]
+
+
+def test_submit_runs_the_real_pipeline_with_its_audit(raw_corpus, one_rank):
+    root, planted = raw_corpus
+    data = one_rank
     ds = PackedDataset(data)
     ds.verify(full=True)
     meta = ds.manifest["metadata"]
@@ -59,6 +73,31 @@ def test_submit_runs_the_real_pipeline_with_its_audit(raw_corpus, tmp_path):
     assert abs(shares["replay"]["actual_share"] - 0.02) < 0.01 and abs(shares["math"]["actual_share"] - 0.05) < 0.01
     assert sum(meta["source_tokens"].values()) == ds.manifest["total_tokens"]
     assert (data / "audit/funnel.png").stat().st_size > 1000 and "near_dedup" in (data / "audit/report.md").read_text()
+    # The manifest carries each step's counters per source, and its CPU seconds.
+    steps = meta["steps"]
+    assert {"extraction", "cleaning", "exact_dedup", "near_dedup", "mixture"} <= set(steps)
+    assert steps["near_dedup"]["legal"]["docs_in"] - steps["near_dedup"]["legal"]["docs_out"] == len(planted["near"])
+    assert steps["mixture"]["replay"]["tokens_out"] == shares["replay"]["tokens"]
+    assert {"extraction", "cleaning", "minhash_signatures", "tokenization"} <= set(meta["cpu_seconds"])
+
+
+def test_two_local_ranks_make_the_same_dataset(raw_corpus, one_rank, tmp_path):
+    root, _ = raw_corpus
+    proc = e2e.submit(*_overrides(root), "nproc=2", f"runs_root={tmp_path}", "run=two")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert _fingerprint(tmp_path / "two" / "data") == _fingerprint(one_rank)
+
+
+@pytest.mark.slurm
+def test_two_slurm_nodes_make_the_same_dataset(slurm_cluster, raw_corpus, one_rank, tmp_path):
+    root, _ = raw_corpus
+    env = slurm_cluster.client_environ(e2e.env_extra())
+    proc = subprocess.run([*e2e.SUBMIT, *_overrides(root, site="local-slurm"), "nodes=2", "follow=true",
+                           f"runs_root={tmp_path}", "run=slurm"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    records = e2e.records(tmp_path / "slurm" / "prepare" / "ledger.jsonl")
+    assert any(r["event"] == "attempt_start" and r.get("world_size") == 2 for r in records)
+    assert _fingerprint(tmp_path / "slurm" / "data") == _fingerprint(one_rank)
 
 
 def test_killed_prepare_redoes_only_unfinished_shards(raw_corpus, tmp_path):
@@ -80,6 +119,10 @@ def test_killed_prepare_redoes_only_unfinished_shards(raw_corpus, tmp_path):
     before = (out / "manifest.json").stat().st_mtime_ns
     again = run_prepare(cfg, out, rank=0, world=1)
     assert again.shards_run == 0 and again.manifest["fingerprint"] == resumed.manifest["fingerprint"]
+    assert (out / "manifest.json").stat().st_mtime_ns == before
+    # Another rank count, another shard split: still the same inputs, so the dataset is reused.
+    other = compose(_overrides(root, ["data.num_shards=0"]), env={}).cfg
+    assert run_prepare(other, out, rank=0, world=2).shards_run == 0
     assert (out / "manifest.json").stat().st_mtime_ns == before
     single = run_prepare(cfg, tmp_path / "single", rank=0, world=1)
     assert single.manifest["fingerprint"] == resumed.manifest["fingerprint"]
