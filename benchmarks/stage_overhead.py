@@ -3,7 +3,7 @@
     python benchmarks/stage_overhead.py [--steps 200] [--repeats 3]
 
 Both run in this process, one after the other, repeated and interleaved: the tiny Mixtral, one
-rank, AdamW, micro-batch x grad-accum from the tiny preset. "Ours" is CausalLMTrainer.train()
+rank, AdamW, micro-batch x grad-accum from the tiny preset. "Ours" is StepLoop.train()
 (sampler, heartbeat, stop vote, metrics.jsonl, LR schedule, grad clipping; no checkpoint inside
 the timed window); "bare" is forward/backward/step on the same sample ids. Prints seconds per
 step for each and the ratio ours/bare (best of the repeats).
@@ -26,7 +26,8 @@ from saul.data.prepare import prepare_dataset  # noqa: E402
 from saul.rundir import RunDir  # noqa: E402
 from saul.train.distributed import RankInfo  # noqa: E402
 from saul.train.engine import lr_lambda  # noqa: E402
-from saul.train.loop import CausalLMTrainer  # noqa: E402
+from saul.train.engine import make_engine  # noqa: E402
+from saul.train.loop import StepLoop, StepWork  # noqa: E402
 from saul.train.model import build_model  # noqa: E402
 
 
@@ -39,7 +40,10 @@ def config(root: Path, steps: int):
 def run_ours(cfg, data: Path, root: Path) -> float:
     rundir = RunDir(root, f"bench-{time.time_ns()}", "cpt")
     info = RankInfo(0, 0, 1, 1, 0, 1, "bench", "127.0.0.1", 0, "localhost")
-    trainer = CausalLMTrainer(cfg, rundir, info, torch.device("cpu"), 1, lambda *a, **k: None, data)
+    dataset = PackedDataset(data)
+    work = StepWork(dataset, cfg.train.seq_len, dataset.path / "tokenizer")
+    device = torch.device("cpu")
+    trainer = StepLoop(cfg, rundir, info, device, 1, lambda *a, **k: None, work, make_engine(cfg, device))
     trainer.export_final = lambda: None  # not part of a training step
     trainer.save = lambda: 0.0  # only the max_steps checkpoint would fall in the window
     t0 = time.perf_counter()

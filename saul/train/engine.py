@@ -62,9 +62,11 @@ class DDPEngine:
 
     name = "ddp"
 
-    def __init__(self, cfg, device: torch.device, init_path: str = ""):
+    def __init__(self, cfg, device: torch.device, init_path: str = "", prepare_module=None):
         self.cfg, self.device = cfg, device
         model, self.describe = build_model(cfg.model, device, cfg.seed, init_path=init_path)
+        if prepare_module is not None:  # a stage's patch of the HF model, before DDP wraps it (DPO's fused head)
+            prepare_module(model)
         self.module = model
         distributed = dist.is_initialized() and dist.get_world_size() > 1
         self.model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -74,11 +76,12 @@ class DDPEngine:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o, cfg.train.max_steps))
 
-    def micro_step(self, input_ids: torch.Tensor, last: bool) -> float:
+    def micro_step(self, input_ids, last: bool, loss_of=None) -> float:
+        """`loss_of(model) -> loss`: a stage's own loss on its batch; None = causal LM on input_ids."""
         sync = last or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         context = self.model.no_sync() if not sync else _null()
         with context:
-            loss = _loss(self.model(input_ids=input_ids, labels=input_ids))
+            loss = loss_of(self.model) if loss_of else _loss(self.model(input_ids=input_ids, labels=input_ids))
             (loss / self.cfg.train.grad_accum).backward()
         return float(loss.detach())
 
@@ -115,7 +118,7 @@ class Zero3Engine:
 
     name = "zero3"
 
-    def __init__(self, cfg, device: torch.device, init_path: str = ""):
+    def __init__(self, cfg, device: torch.device, init_path: str = "", prepare_module=None):
         import deepspeed
 
         self.cfg, self.device = cfg, device
@@ -148,6 +151,8 @@ class Zero3Engine:
 
         self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
         model, self.describe = build_model(cfg.model, device, cfg.seed, zero3=True, init_path=init_path)
+        if prepare_module is not None:
+            prepare_module(model)
         self.module = model
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, config=self.ds_config, model_parameters=model.parameters(),
@@ -155,8 +160,8 @@ class Zero3Engine:
         )
         self.scheduler = self.engine.lr_scheduler
 
-    def micro_step(self, input_ids: torch.Tensor, last: bool) -> float:
-        loss = _loss(self.engine(input_ids=input_ids, labels=input_ids))
+    def micro_step(self, input_ids, last: bool, loss_of=None) -> float:
+        loss = loss_of(self.engine) if loss_of else _loss(self.engine(input_ids=input_ids, labels=input_ids))
         self.engine.backward(loss)  # DeepSpeed scales by 1/grad_accum itself
         if not last:
             self.engine.step()  # only advances DeepSpeed's micro-step counter off the boundary
@@ -186,5 +191,5 @@ def _null():
     return contextlib.nullcontext()
 
 
-def make_engine(cfg, device: torch.device, init_path: str = ""):
-    return (Zero3Engine if cfg.parallel == "zero3" else DDPEngine)(cfg, device, init_path)
+def make_engine(cfg, device: torch.device, init_path: str = "", prepare_module=None):
+    return (Zero3Engine if cfg.parallel == "zero3" else DDPEngine)(cfg, device, init_path, prepare_module)

@@ -1,4 +1,10 @@
-"""The causal-LM step loop shared by CPT and annealing: resume, train, checkpoint, stop on request.
+"""The step loop every training stage runs (cpt, anneal, ift, dpo): resume, train, checkpoint, stop
+on request, export.
+
+A stage hands the loop its `StepWork` (its data, how a micro-batch becomes a loss, its figures)
+and its engine (saul/train/engine.py); everything else is here, once: the heartbeat, the stop vote
+(carried in the step's one all-reduce with the loss and the stage's figures), the checkpoint
+cadence, metrics.jsonl and the attempt_end fields.
 
 Data position is counted in samples consumed: the global batch at position p is a pure
 function of (p, global batch, dataset, seed), so resuming at the checkpoint's position replays
@@ -11,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import psutil
@@ -20,14 +26,13 @@ import torch.distributed as dist
 
 from saul import exit_codes
 from saul.config.model_size import count_parameters
-from saul.data.dataset import PackedDataset, global_batch_ids, rank_slice
+from saul.data.dataset import global_batch_ids, rank_slice
 from saul.resilience import stop_request
 from saul.resilience.heartbeat import Heartbeat
 from saul.resilience.stop_request import StopRequest
 from saul.rundir import RunDir
 from saul.train import checkpoint as ckpt
 from saul.train.distributed import RankInfo, barrier
-from saul.train.engine import make_engine
 from saul.train.metrics import MetricsWriter
 
 log = logging.getLogger("saul.train")
@@ -97,14 +102,46 @@ def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
     return None
 
 
-class CausalLMTrainer:
-    def __init__(self, cfg, rundir: RunDir, info: RankInfo, device: torch.device, attempt: int, say, data_path: Path,
-                 init_path: str = ""):
+class StepWork:
+    """What a training stage gives the step loop. The defaults are causal-LM pretraining on packed
+    token rows (cpt, anneal); ift and dpo override `batch`, `loss_of`, `figures` and `tokens`."""
+
+    def __init__(self, dataset, seq_len: int, tokenizer_dir: Optional[Path] = None):
+        self.dataset = dataset  # len() rows, .fingerprint, .get_batch(ids)
+        self.seq_len = seq_len
+        self.tokenizer_dir = tokenizer_dir  # copied into final/
+        self.data_report: dict = {}  # what became of the stage's input (kept/truncated/dropped...): metrics + ledger
+
+    def batch(self, ids: np.ndarray, device: torch.device):
+        """The micro-batch of rows `ids`, on `device`."""
+        return torch.from_numpy(self.dataset.get_batch(ids)).to(device)
+
+    def loss_of(self, batch, global_ids: np.ndarray) -> Optional[Callable]:
+        """None: the engine's causal-LM loss on the batch; otherwise `f(model) -> loss tensor`."""
+        return None
+
+    def figures(self) -> Dict[str, float]:
+        """This rank's stage figures since the last call (averaged over ranks into metrics.jsonl)."""
+        return {}
+
+    def tokens(self, global_ids: np.ndarray) -> int:
+        """Tokens in the global batch, for tokens/s."""
+        return len(global_ids) * self.seq_len
+
+    def state(self) -> dict:
+        """Extra checkpoint-state fields a resume must match."""
+        return {}
+
+
+class StepLoop:
+    def __init__(self, cfg, rundir: RunDir, info: RankInfo, device: torch.device, attempt: int, say,
+                 work: StepWork, engine):
         self.cfg, self.rundir, self.info, self.device, self.attempt, self.say = cfg, rundir, info, device, attempt, say
-        self.dataset = PackedDataset(data_path)
+        self.work = work
+        self.dataset = work.dataset
         t = cfg.train
         self.global_batch = t.micro_batch * t.grad_accum * info.world_size
-        self.engine = make_engine(cfg, device, init_path)
+        self.engine = engine
         say(self.engine.describe)
         self.metrics = MetricsWriter(rundir.metrics, enabled=info.is_main)
         self.stop = stop_request.current()  # installed at task start: a start-up signal is already in it
@@ -115,12 +152,15 @@ class CausalLMTrainer:
         m = cfg.model
         self.flops_per_token = count_parameters(m).flops_per_token(t.seq_len, m.hidden_size, m.num_hidden_layers)
         self.peak_flops = cfg.site.peak_tflops_bf16_per_device * 1e12 * info.world_size
+        self.fields: dict = {"data": work.data_report} if work.data_report else {}  # added to the attempt_end
+        if work.data_report:
+            self.metrics.write({"event": "data", "attempt": attempt, **work.data_report})
 
     # --- state -------------------------------------------------------------------------------
     def expected_state(self) -> dict:
         return {"dataset_fingerprint": self.dataset.fingerprint, "global_batch": self.global_batch,
                 "seq_len": self.cfg.train.seq_len, "parallel": self.cfg.parallel,
-                "world_size": self.info.world_size}
+                "world_size": self.info.world_size, **self.work.state()}
 
     def resume(self) -> None:
         self.heartbeat.beat(0, "load")
@@ -163,9 +203,6 @@ class CausalLMTrainer:
         return seconds
 
     # --- the loop ----------------------------------------------------------------------------
-    def _batch(self, ids: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.dataset.get_batch(ids)).to(self.device)
-
     def train(self) -> Outcome:
         cfg, t, info = self.cfg, self.cfg.train, self.info
         ledger_start = self.pos.step
@@ -186,23 +223,30 @@ class CausalLMTrainer:
             micro_batches = rank_slice(ids, info.rank, info.world_size, t.micro_batch, t.grad_accum)
             losses = []
             for k, micro_ids in enumerate(micro_batches):
-                losses.append(self.engine.micro_step(self._batch(micro_ids), last=k == t.grad_accum - 1))
+                batch = self.work.batch(micro_ids, self.device)
+                losses.append(self.engine.micro_step(batch, last=k == t.grad_accum - 1,
+                                                     loss_of=self.work.loss_of(batch, ids)))
             grad_norm, lr = self.engine.optimizer_step()
+            figures = self.work.figures()
+            names = sorted(figures)  # the same names on every rank: one fixed layout in the all-reduce
             self.pos = Position(self.pos.step + 1, self.pos.samples + self.global_batch,
-                                self.pos.tokens + self.global_batch * t.seq_len)
+                                self.pos.tokens + self.work.tokens(ids))
             steps_this_attempt += 1
             if steps_this_attempt == t.stop_after_steps:
                 self.stop.request(f"train.stop_after_steps={t.stop_after_steps} reached")
-            # One all-reduce carries the loss and the stop vote: every rank stops at the same step.
-            loss_sum, votes = _all_reduce_sum([float(np.mean(losses)), 1.0 if self.stop.requested else 0.0],
-                                              self.device)
+            # One all-reduce carries the loss, the stop vote and the stage's figures: every rank stops
+            # at the same step.
+            loss_sum, votes, *sums = _all_reduce_sum(
+                [float(np.mean(losses)), 1.0 if self.stop.requested else 0.0] + [figures[n] for n in names],
+                self.device)
             loss = loss_sum / info.world_size
+            figures = {n: v / info.world_size for n, v in zip(names, sums)}
             stop_now = votes > 0
             step_time = time.time() - t0
             if first_step_at is None:
                 first_step_at = time.time()
             if self.pos.step % t.log_every == 0 or self.pos.step == t.max_steps or stop_now:
-                self._log_step(ids, loss, lr, grad_norm, step_time)
+                self._log_step(ids, loss, lr, grad_norm, step_time, figures)
             if self.pos.step % cfg.checkpoint.every_steps == 0 or self.pos.step == t.max_steps:
                 self.save()
             if stop_now and self.pos.step < t.max_steps:
@@ -214,10 +258,10 @@ class CausalLMTrainer:
         self.export_final()
         return self._finish(exit_codes.DONE, "max_steps reached", ledger_start, first_step_at, t_attempt)
 
-    def _log_step(self, ids, loss, lr, grad_norm, step_time) -> None:
+    def _log_step(self, ids, loss, lr, grad_norm, step_time, figures: Dict[str, float]) -> None:
         t = self.cfg.train
-        tokens = self.global_batch * t.seq_len
-        record = {"step": self.pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+        tokens = self.work.tokens(ids)
+        record = {**figures, "step": self.pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "step_time_s": round(step_time, 6), "tokens_per_s": round(tokens / max(step_time, 1e-9), 2),
                   "tokens": self.pos.tokens, "samples": self.pos.samples, "max_steps": t.max_steps,
                   "batch_digest": batch_digest(ids), "attempt": self.attempt}
@@ -231,10 +275,10 @@ class CausalLMTrainer:
                      f"{record['tokens_per_s']:.0f} tok/s {step_time * 1000:.0f} ms/step")
 
     def _finish(self, code, reason, start_step, first_step_at, t_attempt) -> Outcome:
-        """The stage_entry writes the attempt_end from the outcome, then all ranks leave together."""
+        """The stage runner writes the attempt_end from the outcome, then all ranks leave together."""
         self.heartbeat.beat(self.pos.step, "done")
         self.metrics.close()
-        return Outcome(code, self.pos.step, reason, {
+        return Outcome(code, self.pos.step, reason, {**self.fields,
             "step_start": start_step, "step_end": self.pos.step, "tokens_end": self.pos.tokens,
             "resumed_from": self.resumed_from,
             "time_to_first_step_s": round(first_step_at - t_attempt, 3) if first_step_at else None,
@@ -246,5 +290,5 @@ class CausalLMTrainer:
         from saul.train.export import export_final
 
         out = export_final(self.engine.module, self.rundir.root, self.cfg.checkpoint.export_shard_gb, self.info.rank,
-                           self.info.world_size, self.dataset.path / "tokenizer", barrier, _gather)
+                           self.info.world_size, self.work.tokenizer_dir, barrier, _gather)
         self.say(f"final model written to {out}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from saul.stage_entry import _broadcast_int
+from saul.stages.base import broadcast_int as _broadcast_int
 from saul.train import distributed
 from saul.train.loop import _broadcast, _gather
 

@@ -87,7 +87,7 @@ def test_ranks_without_a_process_group_leave_only_when_all_have_arrived(tmp_path
         from pathlib import Path
         from saul.resilience import stop_request
         from types import SimpleNamespace
-        from saul.stage_entry import leave_together_without_group
+        from saul.stages.base import leave_together_without_group
         rank, delay, timeout = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
         time.sleep(delay)
         info = SimpleNamespace(rank=rank, world_size=2, job_id="77")  # what a RankInfo says
