@@ -141,7 +141,9 @@ def watchdog_lines(cfg, rundir: RunDir) -> List[str]:
     r = cfg.resilience
     return [
         f"{HOST_PYTHON} -m saul.resilience.watchdog {shlex.quote(str(rundir.root))} --job \"$SLURM_JOB_ID\" "
-        f"--timeout {r.hang_timeout_s:g} --start-grace {r.start_grace_s:g} &",
+        f"--timeout {r.hang_timeout_s:g} --start-grace {r.start_grace_s:g}"
+        # GPU ranks: the kill waits for NCCL/RCCL's collective timeout, so its flight recorder leaves a dump.
+        + (" --gpu" if cfg.site.gpu_vendor != "none" and cfg.site.gpus_per_node else "") + " &",
         "SAUL_WATCHDOG_PID=$!",
     ]
 

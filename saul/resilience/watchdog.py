@@ -21,6 +21,21 @@ from saul.resilience import heartbeat, ledger
 from saul.slurm_commands import SlurmCommandError, run_slurm, slurm_output
 
 DUMP_GRACE_S = 5.0
+COLLECTIVE_MARGIN_S = 120.0
+# A collective can start up to one step after the last heartbeat: wait this much past its timeout too.
+FLIGHT_RECORDER_SLACK_S = 60.0
+
+
+def collective_timeout_s(hang_timeout_s: float) -> float:
+    """The process group's collective timeout: longer than the hang limit, so the watchdog finds a hung
+    collective first and dumps every rank's Python stacks before torch aborts it as a crash."""
+    return float(hang_timeout_s) + max(COLLECTIVE_MARGIN_S, 0.1 * float(hang_timeout_s))
+
+
+def flight_recorder_wait_s(hang_timeout_s: float) -> float:
+    """On GPU sites, how long the kill waits after the stack dump: until NCCL/RCCL's own watchdog has timed
+    the hung collective out and written its flight-recorder dump (TORCH_NCCL_DUMP_ON_TIMEOUT)."""
+    return collective_timeout_s(hang_timeout_s) - float(hang_timeout_s) + FLIGHT_RECORDER_SLACK_S
 
 
 class HangDetector:
@@ -74,24 +89,26 @@ def hang_marker(stage_dir: Path, job: str) -> Path:
     return stage_dir / "heartbeats" / (name if step in ("", "0") else f"{name}.{step}")
 
 
-def act_on_hang(stage_dir: Path, job: str, verdict: str, signal_ranks: Callable[[str], None]) -> None:
-    """Mark the attempt as hung (after_job reads the marker), dump every rank's stacks, kill the ranks."""
+def act_on_hang(stage_dir: Path, job: str, verdict: str, signal_ranks: Callable[[str], None],
+                kill_after_s: float = DUMP_GRACE_S, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Mark the attempt as hung (after_job reads the marker), dump every rank's stacks, kill the ranks
+    `kill_after_s` later (longer on GPU sites: the flight recorder dumps when the collective times out)."""
     marker = hang_marker(stage_dir, job)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(verdict)
     ledger.append(stage_dir / "ledger.jsonl", {"event": "hang", "job_id": job, "why": verdict})
     signal_ranks("USR1")  # faulthandler: stacks of every thread of every rank into the rank logs
-    time.sleep(DUMP_GRACE_S)
+    sleep(kill_after_s)
     signal_ranks("KILL")
 
 
 def watch(stage_dir: Path, job: str, timeout_s: float, start_grace_s: float, signal_ranks: Callable[[str], None],
-          poll_s: float = 2.0, restart: Optional[int] = None) -> Optional[str]:
+          poll_s: float = 2.0, restart: Optional[int] = None, kill_after_s: float = DUMP_GRACE_S) -> Optional[str]:
     detector = HangDetector(timeout_s, start_grace_s, job=job, restart=restart)
     while True:
         verdict = detector.observe(heartbeat.read(stage_dir / "heartbeats"), time.time())
         if verdict:
-            act_on_hang(stage_dir, job, verdict, signal_ranks)
+            act_on_hang(stage_dir, job, verdict, signal_ranks, kill_after_s)
             return verdict
         time.sleep(poll_s)
 
@@ -135,10 +152,13 @@ def main(argv=None) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--timeout", type=float, required=True, help="seconds without progress in phase train")
     parser.add_argument("--start-grace", type=float, default=1800.0, help="seconds allowed before the first heartbeat")
+    parser.add_argument("--gpu", action="store_true",
+                        help="GPU ranks: kill only after the collective timeout, once the flight recorder has dumped")
     args = parser.parse_args(argv)
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    kill_after = flight_recorder_wait_s(args.timeout) if args.gpu else DUMP_GRACE_S
     verdict = watch(args.stage_dir, args.job, args.timeout, args.start_grace, slurm_signaller(args.job),
-                    restart=restart)
+                    restart=restart, kill_after_s=kill_after)
     if verdict:
         print(f"watchdog: {verdict}: stacks dumped, ranks killed", flush=True)
     return 0

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from saul.binding import VISIBILITY, is_gpu_site
 from saul.config.errors import ConfigError
+from saul.resilience.watchdog import collective_timeout_s  # noqa: F401  (one formula, shared with the watchdog)
 
 # Outside Linux's default ephemeral range (32768-60999), where srun/slurmstepd sockets would collide.
 PORT_BASE, PORT_SPAN = 20000, 12000
@@ -100,15 +101,8 @@ def backend_for(device: torch.device) -> str:
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "cpu:gloo"
 
 
-COLLECTIVE_MARGIN_S = 120.0
 # The flight recorder's dump file prefix: the current name and the older one torch still reads.
 TRACE_FILE_VARS = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
-
-
-def collective_timeout_s(hang_timeout_s: float) -> float:
-    """Longer than the hang watchdog's limit (plus its stack dump and kill): a hung collective is
-    found by the watchdog, which dumps every rank's stacks, before torch aborts it as a crash."""
-    return float(hang_timeout_s) + max(COLLECTIVE_MARGIN_S, 0.1 * float(hang_timeout_s))
 
 
 def init_process_group(info: RankInfo, device: torch.device, timeout_s: float = 1020.0,

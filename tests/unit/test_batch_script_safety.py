@@ -2,6 +2,7 @@
 secrets stay out of every file, and the host Python the helpers need is checked with the fix in the message."""
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,11 +157,16 @@ def test_a_missing_host_python_is_named(tmp_path):
     checks = "\n".join(l for l in setup_section(script).splitlines() if "export" not in l)
     result = run_bash(checks, tmp_path)
     assert result.returncode == 2 and "but /opt/nowhere/python3 is missing" in result.stderr
-    assert script.count('"$SAUL_HOST_PYTHON" -m ') == 5  # every helper runs on the checked interpreter
+    # Every batch-host helper runs on the checked interpreter, none on a bare `python3`.
+    helpers = re.findall(r'("\$SAUL_HOST_PYTHON"|\bpython3?) -m (saul\.resilience\.\w+|monitoring\.accounting)\b', script)
+    assert {module for _, module in helpers} >= {"saul.resilience.before_job", "saul.resilience.after_job",
+                                                  "saul.resilience.watchdog", "saul.resilience.step_restart"}
+    assert {python for python, _ in helpers} == {'"$SAUL_HOST_PYTHON"'}
 
 
 BATCH_HELPERS = ["saul.resilience.before_job", "saul.resilience.after_job", "saul.resilience.watchdog",
-                 "saul.resilience.rendezvous_port", "saul.resilience.node_exclusion", "monitoring.accounting"]
+                 "saul.resilience.rendezvous_port", "saul.resilience.node_exclusion", "saul.resilience.step_restart",
+                 "monitoring.accounting"]
 
 
 def test_the_batch_script_helpers_need_nothing_newer_than_python_3_8_and_nothing_outside_the_stdlib():

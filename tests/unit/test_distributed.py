@@ -70,3 +70,32 @@ def test_every_cpu_collective_helper_runs_on_two_real_ranks(tmp_path):
         assert r["broadcast"] == {"from": 0} and r["gather"] == [0, 10]
         assert r["stop_vote"] == [2.0, 1.0]  # losses summed, one rank asked to stop
         assert r["trace_file"] == str(tmp_path / "fr" / "rank_")
+
+
+def test_on_gpu_sites_the_watchdog_kills_only_after_the_collective_timed_out_and_dumped(tmp_path):
+    """Stacks first (USR1), then the kill once NCCL/RCCL's own timeout has fired and written its flight
+    recorder: a collective that started after the last heartbeat has timed out by then too."""
+    from saul.resilience import watchdog
+
+    events = []
+    hang = 900.0
+    wait = watchdog.flight_recorder_wait_s(hang)
+    watchdog.act_on_hang(tmp_path, "7", "no progress", events.append, kill_after_s=wait,
+                         sleep=lambda s: events.append(f"sleep {s:g}"))
+    assert events == ["USR1", f"sleep {wait:g}", "KILL"]
+    # The hung collective started at most one step after the last beat; the kill comes after its timeout.
+    detected_at = hang + 2.0  # idle time when the watchdog fires (one poll late at most)
+    assert detected_at + wait > distributed.collective_timeout_s(hang) + 30
+    assert watchdog.hang_marker(tmp_path, "7").read_text() == "no progress"
+
+
+def test_the_batch_script_asks_for_the_flight_recorder_wait_on_gpu_sites_only(tmp_path):
+    from jobs.slurm_launcher import watchdog_lines
+    from saul.rundir import RunDir
+
+    def line(site, extra=()):
+        cfg = compose(["stage=cpt", f"site={site}", "site.account=p", *extra], env={}).cfg
+        return watchdog_lines(cfg, RunDir(tmp_path, "r", "cpt"))[0]
+
+    assert " --gpu " in line("adastra", ["model=mixtral-8x7b"])
+    assert "--gpu" not in line("local-slurm", ["model=tiny-mixtral"])
