@@ -294,18 +294,41 @@ def run_local(pipeline: Pipeline) -> int:
     from jobs import submit
 
     to_run = [p for p in pipeline.stages if not p.finished]
+    seconds: Dict[str, float] = {}
     for i, p in enumerate(to_run):
         t0 = time.time()
         print(f"\n=== pipeline: stage {p.name} ({i + 1}/{len(to_run)}) ===", flush=True)
         code = submit.main(p.argv + (["--dry-run"] if pipeline.dry_run else []))
-        print(f"=== pipeline: stage {p.name} ended with exit code {code} after {time.time() - t0:.1f}s ===", flush=True)
+        seconds[p.name] = time.time() - t0
+        print(f"=== pipeline: stage {p.name} ended with exit code {code} after {seconds[p.name]:.1f}s ===", flush=True)
         if code != exit_codes.DONE:
             later = [q.name for q in to_run[i + 1:]]
             what = "stopped after a checkpoint" if code == exit_codes.STOPPED else f"failed (exit code {code})"
             print(f"pipeline: stage {p.name} {what}; " + (f"not run: {', '.join(later)}; " if later else "")
                   + "re-submit the same command to continue (finished stages are skipped)", file=sys.stderr)
             return code
+    if not pipeline.dry_run:
+        print(summary(pipeline, seconds), end="", flush=True)
     return exit_codes.DONE
+
+
+def summary(pipeline: Pipeline, seconds: Dict[str, float]) -> str:
+    """The end of a local pipeline: wall time per stage, the evaluation table, where everything is."""
+    run_root, run = pipeline.run_root, pipeline.stages[0].cfg.run
+    times = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
+    lines = [f"\npipeline of run {run} finished: " + (f"wall time per stage: {times} (total {sum(seconds.values()):.1f}s)"
+                                                     if seconds else "every stage was already done")]
+    report = run_root / "eval" / "report.md"
+    if "eval" in [p.name for p in pipeline.stages] and report.is_file():
+        lines += ["", report.read_text().rstrip(), "",
+                  "reports: " + ", ".join(str(run_root / "eval" / f) for f in ("report.md", "results.json", "comparison.png")
+                                          if (run_root / "eval" / f).is_file())]
+    cards = [str(run_root / p.name / "final" / "README.md") for p in pipeline.stages
+             if (run_root / p.name / "final" / "README.md").is_file()]
+    if cards:
+        lines.append("model cards: " + ", ".join(cards))
+    lines.append(f"lineage: python jobs/status.py run={run} runs_root={pipeline.stages[0].cfg.runs_root} --lineage")
+    return "\n".join(lines) + "\n"
 
 
 def _pending_reason(job_id: str) -> str:

@@ -187,7 +187,7 @@ def hyperparameters(config: dict, records: List[dict]) -> dict:
     starts = [r for r in records if r.get("event") == "attempt_start"]
     world = starts[-1].get("world_size") if starts else None
     out = {"optim": {k: optim.get(k) for k in ("lr", "betas", "weight_decay", "schedule", "warmup_steps",
-                                              "schedule_steps", "min_lr_ratio", "grad_clip", "reset")},
+                                              "schedule_steps", "min_lr_ratio", "grad_clip")},
            "train": {k: train.get(k) for k in ("max_steps", "micro_batch", "grad_accum", "seq_len")},
            "parallel": config.get("parallel"), "world_size": world, "nodes": starts[-1].get("nodes") if starts else None}
     if world and train.get("micro_batch") and train.get("grad_accum"):
