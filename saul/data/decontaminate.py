@@ -88,6 +88,11 @@ class ContaminationIndex:
     def __init__(self, grams: Set[Tuple[str, ...]], whole: Dict[int, Set[Tuple[str, ...]]],
                  num_items: int):
         self.grams, self.whole, self.num_items = grams, whole, num_items
+        # Every indexed n-gram starts with one of these: one set lookup per position of a
+        # document, the longer comparisons only where a prefix hits.
+        self.prefixes = {g[:MIN_WHOLE_ITEM_WORDS] for g in grams}
+        for items in whole.values():
+            self.prefixes.update(g[:MIN_WHOLE_ITEM_WORDS] for g in items)
 
     @classmethod
     def from_paths(cls, paths: Sequence[str]) -> Optional["ContaminationIndex"]:
@@ -113,13 +118,14 @@ class ContaminationIndex:
     def match(self, text: str) -> str:
         """The first evaluation n-gram the text contains (as text), or ""."""
         words = normalize_words(text)
-        for i in range(len(words) - NGRAM + 1):
+        k = MIN_WHOLE_ITEM_WORDS
+        for i, prefix in enumerate(zip(*(words[j:] for j in range(k)))):
+            if prefix not in self.prefixes:
+                continue
             gram = tuple(words[i:i + NGRAM])
-            if gram in self.grams:
+            if len(gram) == NGRAM and gram in self.grams:
                 return " ".join(gram)
-        for n, items in self.whole.items():
-            for i in range(len(words) - n + 1):
-                gram = tuple(words[i:i + n])
-                if gram in items:
-                    return " ".join(gram)
+            for n, items in self.whole.items():
+                if gram[:n] in items and len(gram) >= n:
+                    return " ".join(gram[:n])
         return ""

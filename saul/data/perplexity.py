@@ -30,8 +30,8 @@ _DIGIT = re.compile(r"\d")
 def lm_lines(text: str) -> List[str]:
     """The text as the language model sees it: one normalized line per non-empty line."""
     out = []
-    for line in text.split("\n"):
-        tokens = _TOKEN.findall(_DIGIT.sub("0", line.lower()))
+    for line in _DIGIT.sub("0", text.lower()).split("\n"):  # one pass over the text, not one per line
+        tokens = _TOKEN.findall(line)
         if tokens:
             out.append(" ".join(tokens))
     return out

@@ -151,7 +151,7 @@ def write_raw_corpus(root: Path, seed: int = 0, num_docs: int = 48,
     rows = _legalbench_rows(legalbench)
     for k, row in enumerate(rows[:3]):
         planted["contaminated"].append(f"{dump}#{len(records)}")
-        host = docs[base + 10 + k].split("\n\n")
+        host = docs[(base + 10 + k) % len(docs)].split("\n\n")
         host.insert(1, row)
         records.append(json.dumps({"text": "\n\n".join(host)}))
     planted["unreadable"] += [f"{dump}#{len(records)}", f"{dump}#{len(records) + 1}"]
