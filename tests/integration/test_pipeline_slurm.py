@@ -80,10 +80,11 @@ def test_a_failed_stage_blocks_the_chain_and_the_same_command_finishes_it(slurm_
     again = submitted(second.stdout)
     assert f"cpt: cancelled job {jobs['cpt']} (its dependency failed: it could never start)" in second.stdout
     assert again["prepare"] != jobs["prepare"] and again["cpt"] != jobs["cpt"]
-    ended = slurm_cluster.wait_for_sacct(again["cpt"], lambda rows: rows and rows[0]["State"] in ENDED, timeout=240)
+    ended = slurm_cluster.wait_for_sacct(again["cpt"], lambda rows: rows and rows[0]["State"].split()[0] in ENDED,
+                                         timeout=240)
     log = runs / "chain" / "cpt" / "logs" / "slurm" / f"{again['cpt']}_0_log.out"
     assert ended[0]["State"] == "COMPLETED", log.read_text()[-3000:] if log.is_file() else ended
-    slurm_cluster.wait_for_sacct(jobs["cpt"], lambda rows: rows and rows[0]["State"] == "CANCELLED", timeout=30)
+    slurm_cluster.wait_for_sacct(jobs["cpt"], lambda rows: rows and rows[0]["State"].startswith("CANCELLED"), timeout=30)
     done = status(slurm_cluster, runs)
     assert done["prepare"]["state"] == "done" and done["cpt"]["state"] == "done"
     cpt_ledger = e2e.records(runs / "chain" / "cpt" / "ledger.jsonl")
