@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List
 
-from saul.config.model_size import count_parameters
+from saul.config.model_size import count_parameters, reference_gb_per_rank, training_state_gb_per_rank
 from saul.rundir import RunDir
 
 
@@ -68,13 +68,25 @@ def describe(cfg, plan: LaunchPlan, site_reason: str, max_rank_lines: int = 8) -
     if cfg.stage != "prepare":
         global_batch = t.micro_batch * t.grad_accum * plan.world_size
         tokens = global_batch * t.seq_len
+        epochs = cfg[cfg.stage].epochs if cfg.stage in ("ift", "dpo") else 0
+        if t.max_steps:
+            steps = f"{t.max_steps} steps = {tokens * t.max_steps:,} tokens"
+        else:  # ift, dpo: the ranks count the rows of the data and derive the steps
+            steps = f"{epochs} epoch(s) of the data, steps = ceil(epochs x rows / {global_batch}) (found at start)"
+        zero3 = cfg.parallel == "zero3"
+        memory = training_state_gb_per_rank(cfg.model, plan.world_size, zero3)
+        memory_what = "weights, gradients, optimizer state"
+        if cfg.stage == "dpo":
+            memory += reference_gb_per_rank(cfg.model, plan.world_size, zero3)
+            memory_what += " + frozen reference weights"
         lines += [
             f"model:       {cfg.model.name}: {human(size.total)} parameters ({human(size.active)} active), "
             f"{cfg.model.dtype}, {cfg.parallel}",
-            f"batch:       {t.micro_batch} x {t.grad_accum} accum x {plan.world_size} ranks = {global_batch} sequences "
-            f"x {t.seq_len} tokens = {tokens:,} tokens/step; {t.max_steps} steps = {tokens * t.max_steps:,} tokens",
+            f"memory:      ~{memory:,.2f} GB per rank ({memory_what}; activations not counted)",
+            f"batch:       {t.micro_batch} x {t.grad_accum} accum x {plan.world_size} ranks = {global_batch} "
+            f"{'pairs' if cfg.stage == 'dpo' else 'sequences'} x {t.seq_len} tokens = {tokens:,} tokens/step; {steps}",
             f"optimizer:   AdamW lr {cfg.optim.lr:g} betas {tuple(cfg.optim.betas)} {cfg.optim.schedule} over "
-            f"{cfg.optim.schedule_steps or t.max_steps} steps, "
+            f"{cfg.optim.schedule_steps or t.max_steps or 'all the'} steps, "
             f"checkpoint every {cfg.checkpoint.every_steps} steps (keep {cfg.checkpoint.keep_last})",
         ]
     lines += [

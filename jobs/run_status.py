@@ -392,9 +392,11 @@ def summarize(files: StageFiles, slurm_states: Optional[Dict[str, str]], now: Op
         site=site.get("name") or (submitted[-1].get("site") if submitted else None),
         jobs=jobs, attempts=attempts,
         nodes=shape[0], nproc=shape[1],
-        # Steps of a step loop come from train.max_steps; eval counts its tasks in its own step records.
+        # Steps of a step loop come from train.max_steps; eval counts its tasks in its own step records, and
+        # ift/dpo with train.max_steps=0 (one epoch) write the steps they derived into theirs.
         progress=summarize_progress(files.metrics_tail,
-                                    train.get("max_steps") if files.rundir.stage not in UNITS_IN_METRICS else None,
+                                    (train.get("max_steps") or None) if files.rundir.stage not in UNITS_IN_METRICS
+                                    else None,
                                     files.checkpoint[0] if files.checkpoint else None,
                                     ends[-1].get("step_end") if ends else None),
         checkpoint=checkpoint,

@@ -1,9 +1,9 @@
 """Compose a run's config from `key=value` overrides in the Hydra grammar.
 
-Order of precedence (last wins): schema defaults < stage preset < model preset < site file <
-command line. Hydra's own override parser reads the grammar (`optim.betas=[0.9,0.95]`,
-`model.sliding_window=null`, `+site.env.FOO=1`); OmegaConf's structured configs enforce keys and
-types. We do not use Hydra's `compose()`: site files live outside the package as pure data, and
+Order of precedence (last wins): schema defaults < stage preset < model preset < the model's
+preset for that stage (presets/model/<model>/<stage>.yaml, optional) < site file < command line.
+Hydra's own override parser reads the grammar (`optim.betas=[0.9,0.95]`, `model.sliding_window=null`,
+`+site.env.FOO=1`); OmegaConf's structured configs enforce keys and types. We do not use Hydra's `compose()`: site files live outside the package as pure data, and
 its global state gets in the way of a library that is called many times per process (tests).
 """
 from __future__ import annotations
@@ -126,7 +126,12 @@ def compose(overrides: Iterable[str], env: Mapping[str, str] = os.environ) -> Co
 
     cfg = OmegaConf.structured(RunConfig)
     cfg = _merge(cfg, _load_preset("stage", stage), f"stage preset {stage}")
-    cfg = _merge(cfg, _load_preset("model", choices.get("model", DEFAULT_MODEL)), "model preset")
+    model = choices.get("model", DEFAULT_MODEL)
+    cfg = _merge(cfg, _load_preset("model", model), "model preset")
+    # A model's settings for one stage (the tiny model's 512-token IFT rows, the paper's IFT scale).
+    overlay = PRESETS / "model" / model / f"{stage}.yaml"
+    if overlay.is_file():
+        cfg = _merge(cfg, OmegaConf.load(overlay), f"model preset {model}/{stage}.yaml")
     cfg = _merge(cfg, {"site": load_site_file(site.name)}, f"site file {site.name}.yaml")
     if "data" in choices:
         cfg = _merge(cfg, _load_preset("data", choices["data"]), f"data preset {choices['data']}")

@@ -42,3 +42,13 @@ def training_state_gb_per_rank(model, world_size: int, zero3: bool) -> float:
     per_param = MIXED_PRECISION_BYTES_PER_PARAM if model.dtype == "bfloat16" else FP32_BYTES_PER_PARAM
     total = n * per_param
     return total / (world_size if zero3 else 1) / 1e9
+
+
+def reference_gb_per_rank(model, world_size: int, zero3: bool) -> float:
+    """DPO's reference: one frozen copy of the weights (no gradients, no optimizer state), sharded like
+    the policy under ZeRO-3. Our DPO stores the reference's log-probabilities, computed by the policy
+    on its starting weights before step 1, so it never holds this copy: the fit check counts it anyway,
+    as an upper bound that also holds for a DPO that keeps the reference model (trl's default)."""
+    n = count_parameters(model).total
+    per_param = 2 if model.dtype == "bfloat16" else 4
+    return n * per_param / (world_size if zero3 else 1) / 1e9

@@ -8,15 +8,18 @@ login side composes and validates configs on a login node.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-STAGES = ("prepare", "cpt", "anneal", "eval")  # ift, dpo arrive with their own issues
+STAGES = ("prepare", "cpt", "anneal", "ift", "dpo", "eval")  # one module each in saul/stages/, one preset each
 # The order a run's model passes through the stages: a pipeline's stages run in this order, and
 # `jobs/status.py` lists them so (ift and dpo take their place when they join STAGES).
 PIPELINE_ORDER = ("prepare", "cpt", "anneal", "ift", "dpo", "eval")
 PARALLEL = ("ddp", "zero3")
 GPU_VENDORS = ("none", "amd", "nvidia")
 SCHEDULERS = ("none", "slurm")
+# trl 1.x DPO loss types (DPOTrainer._compute_loss), checked at submit; a test checks trl accepts each.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+                  "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 @dataclass
@@ -60,7 +63,6 @@ class OptimConfig:
     schedule_steps: int = 0
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    reset: bool = False  # start with a fresh optimizer even when the previous stage left one (IFT)
 
 
 @dataclass
@@ -101,7 +103,7 @@ class DataConfig:
 class TrainConfig:
     """Step loop sizes. Global batch = micro_batch x grad_accum x world size (in sequences)."""
 
-    max_steps: int = 1000
+    max_steps: int = 1000  # ift, dpo: 0 = their epochs in steps, ceil(epochs x rows / global batch)
     micro_batch: int = 8
     grad_accum: int = 4
     seq_len: int = 8192
@@ -114,7 +116,9 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 100
+    # steps between saves, or "auto": Young's interval from the measured save cost and the run's failure rate
+    # (saul/resilience/checkpoint_interval.py)
+    every_steps: Any = 100
     keep_last: int = 3
     save_on_stop: bool = True  # checkpoint when a stop signal (time limit, preemption) arrives
     # final/ is written in safetensors shards of about this size, one module gathered at a time:
@@ -131,6 +135,7 @@ class ResilienceConfig:
     start_grace_s: float = 1800.0  # time allowed from job start to the first heartbeat (imports, loading)
     max_excluded_nodes: int = 16  # cap, so a run never excludes itself out of the partition
     in_job_restart: bool = True  # relaunch crashed/hung ranks inside the allocation (no requeue) while the budget lasts
+    spare_nodes: int = 0  # Slurm: hold nodes + K (--no-kill), run on `nodes`, swap a failed node for a spare in the job
 
 
 @dataclass
@@ -231,7 +236,7 @@ class DpoConfig:
     demo_pairs: int = 1000  # generated when `data` is empty
     epochs: int = 1
     beta: float = 0.1  # trl DPOConfig default; the paper does not give one
-    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # any of trl's (saul.posttrain.dpo_loss.LOSS_TYPES)
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # any of trl's (DPO_LOSS_TYPES)
     loss_weights: List[float] = field(default_factory=list)  # one per loss_type; empty = 1.0 each
     label_smoothing: float = 0.0  # robust / exo_pair / aot losses
 

@@ -10,11 +10,12 @@ from typing import List
 import psutil
 
 from saul.config.errors import ConfigError
-from saul.config.model_size import training_state_gb_per_rank
+from saul.config.model_size import reference_gb_per_rank, training_state_gb_per_rank
 from saul.config.schema import GPU_VENDORS, PARALLEL, SCHEDULERS, STAGES
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-TRAINING_STAGES = ("cpt", "anneal")
+TRAINING_STAGES = ("cpt", "anneal", "ift", "dpo")
+POSTTRAIN_STAGES = ("ift", "dpo")  # data from JSONL or the demo generator, not packed shards
 
 
 def _positive(cfg, key: str, allow_zero: bool = False) -> None:
@@ -31,11 +32,17 @@ def validate(cfg) -> List[str]:
     warnings: List[str] = []
     if not RUN_NAME.match(cfg.run):
         raise ConfigError(f"run='{cfg.run}' is not a valid run name: use letters, digits, '.', '_' or '-' (max 100)")
-    for key in ("nodes", "nproc", "train.max_steps", "train.micro_batch", "train.grad_accum", "train.seq_len",
-                "train.log_every", "checkpoint.every_steps", "checkpoint.keep_last", "checkpoint.export_shard_gb", "optim.lr",
+    for key in ("nodes", "nproc", "train.micro_batch", "train.grad_accum", "train.seq_len",
+                "train.log_every", "checkpoint.keep_last", "checkpoint.export_shard_gb", "optim.lr",
                 "model.vocab_size", "model.hidden_size", "model.num_hidden_layers", "time_limit_min", "resilience.failure_budget",
                 "resilience.hang_timeout_s", "resilience.start_grace_s"):
         _positive(cfg, key)
+    every = cfg.checkpoint.every_steps
+    if every != "auto" and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
+        raise ConfigError(f"checkpoint.every_steps={every} is out of range: it must be a whole number > 0 or auto "
+                          "(Young's interval from the measured save cost and the run's failure rate)")
+    # ift, dpo: train.max_steps=0 = their epochs in steps (the ranks count the rows)
+    _positive(cfg, "train.max_steps", allow_zero=cfg.stage in POSTTRAIN_STAGES)
     for key in ("optim.warmup_steps", "optim.schedule_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
                 "train.threads_per_rank", "data.num_workers"):
         _positive(cfg, key, allow_zero=True)
@@ -80,7 +87,34 @@ def validate(cfg) -> List[str]:
         check_config(cfg)
     if cfg.stage == "prepare":
         _validate_prepare(cfg)
+    if cfg.stage in POSTTRAIN_STAGES:
+        _validate_posttrain(cfg)
     return warnings
+
+
+def _validate_posttrain(cfg) -> None:
+    """ift.* / dpo.*: ranges, loss types, and the data files (empty list = the generated demo data)."""
+    from saul.config.schema import DPO_LOSS_TYPES
+
+    section = cfg[cfg.stage]
+    _positive(cfg, f"{cfg.stage}.epochs")
+    _positive(cfg, f"{cfg.stage}.demo_conversations" if cfg.stage == "ift" else "dpo.demo_pairs")
+    if cfg.stage == "ift" and not 0.0 <= cfg.ift.demo_general_fraction <= 1.0:
+        raise ConfigError(f"ift.demo_general_fraction={cfg.ift.demo_general_fraction} is out of range: it must be in [0, 1]")
+    if cfg.stage == "dpo":
+        d = cfg.dpo
+        unknown = [t for t in d.loss_type if t not in DPO_LOSS_TYPES]
+        if not d.loss_type or unknown:
+            raise ConfigError(f"dpo.loss_type={list(d.loss_type)}: unknown {unknown}; use one or more of "
+                              f"{', '.join(DPO_LOSS_TYPES)}")
+        if d.loss_weights and len(d.loss_weights) != len(d.loss_type):
+            raise ConfigError(f"dpo.loss_weights has {len(d.loss_weights)} values for {len(d.loss_type)} loss types: "
+                              f"give one weight per type, or none")
+        _positive(cfg, "dpo.beta")
+    for i, path in enumerate(section.data):
+        if not Path(path).is_file():
+            raise ConfigError(f"{cfg.stage}.data[{i}]={path}: no such file (JSONL; leave {cfg.stage}.data empty "
+                              f"for the generated demo data)")
 
 
 def _validate_prepare(cfg) -> None:
@@ -147,6 +181,10 @@ def _validate_memory(cfg) -> None:
         return
     world = cfg.nodes * cfg.nproc
     need = training_state_gb_per_rank(cfg.model, world, zero3=cfg.parallel == "zero3")
+    what_needs = "weights, gradients and optimizer state"
+    if cfg.stage == "dpo":
+        need += reference_gb_per_rank(cfg.model, world, zero3=cfg.parallel == "zero3")
+        what_needs += " plus the frozen reference weights"
     if cfg.site.gpus_per_node:
         have, what = cfg.site.device_memory_gb, "GPU memory per device"
     else:
@@ -158,7 +196,7 @@ def _validate_memory(cfg) -> None:
         else:
             hint = "add nodes" if cfg.parallel == "zero3" else "add nodes or use parallel=zero3"
         raise ConfigError(
-            f"model {cfg.model.name} needs ~{need:,.0f} GB of weights, gradients and optimizer state per rank "
+            f"model {cfg.model.name} needs ~{need:,.0f} GB of {what_needs} per rank "
             f"({cfg.parallel}, {world} ranks) but site '{cfg.site.name}' has {have:,.0f} GB of {what}: {hint}"
         )
 
@@ -173,6 +211,9 @@ def check_data(cfg, run_dir) -> None:
         from saul.eval.inputs import resolve_models
 
         resolve_models(cfg, run_dir)
+        return
+    if cfg.stage in POSTTRAIN_STAGES:
+        _check_posttrain_start(cfg, run_dir)
         return
     if cfg.stage not in TRAINING_STAGES:
         return
@@ -203,3 +244,21 @@ def check_data(cfg, run_dir) -> None:
             f"dataset {path} uses a vocabulary of {manifest['vocab_size']} tokens but model.vocab_size="
             f"{cfg.model.vocab_size}: set model.vocab_size={manifest['vocab_size']} or more"
         )
+
+
+def _check_posttrain_start(cfg, run_dir) -> None:
+    """ift / dpo start from a finished stage's final/ (or model.path) and tokenize with its tokenizer."""
+    if cfg.model.init_from_stage:
+        final = run_dir.run_root / cfg.model.init_from_stage / "final"
+        if not (final / "config.json").is_file():
+            raise ConfigError(f"model.init_from_stage={cfg.model.init_from_stage}: no final model at {final}; finish "
+                              f"that stage first (python jobs/submit.py stage={cfg.model.init_from_stage} run={cfg.run} "
+                              f"model={cfg.model.name})")
+        return
+    if cfg.model.path:
+        return
+    tokenizer = data_dir(cfg, run_dir) / "tokenizer" / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ConfigError(f"stage {cfg.stage} starts from random weights but finds no tokenizer at {tokenizer}: give "
+                          f"model.init_from_stage=cpt (or another finished stage), model.path=<HF model directory>, "
+                          f"or run stage=prepare first")

@@ -25,9 +25,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-# trl 1.x loss types (DPOTrainer._compute_loss); a test checks trl accepts each of them.
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
-              "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+from saul.config.schema import DPO_LOSS_TYPES as LOSS_TYPES  # trl's loss types: one list, checked at submit too
+
 # What metrics.jsonl carries, by trl's names.
 REPORTED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
             "logps/chosen", "logps/rejected")

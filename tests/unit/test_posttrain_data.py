@@ -111,10 +111,10 @@ def test_bad_preference_records_name_the_line(tmp_path, record, message):
     assert f"{path}:1" in str(err.value) and message in str(err.value)
 
 
-def test_stage_presets_carry_the_paper_defaults_and_the_stages_are_not_submittable_yet():
+def test_stage_presets_carry_the_paper_defaults():
     base = OmegaConf.structured(RunConfig)
     ift = OmegaConf.merge(base, OmegaConf.load("saul/config/presets/stage/ift.yaml"))
     dpo = OmegaConf.merge(base, OmegaConf.load("saul/config/presets/stage/dpo.yaml"))
-    assert (ift.optim.lr, ift.optim.reset, ift.ift.epochs) == (1e-5, True, 1)
+    assert (ift.optim.lr, ift.ift.epochs, ift.train.max_steps) == (1e-5, 1, 0)  # 0: one epoch, derived
     assert (dpo.optim.lr, dpo.dpo.beta, list(dpo.dpo.loss_type), dpo.dpo.epochs) == (1e-6, 0.1, ["sigmoid"], 1)
-    assert "ift" not in STAGES and "dpo" not in STAGES  # no runner yet
+    assert "ift" in STAGES and "dpo" in STAGES
