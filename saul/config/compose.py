@@ -3,8 +3,9 @@
 Order of precedence (last wins): schema defaults < stage preset < model preset < the model's
 preset for that stage (presets/model/<model>/<stage>.yaml, optional) < site file < command line.
 Hydra's own override parser reads the grammar (`optim.betas=[0.9,0.95]`, `model.sliding_window=null`,
-`+site.env.FOO=1`); OmegaConf's structured configs enforce keys and types. We do not use Hydra's `compose()`: site files live outside the package as pure data, and
-its global state gets in the way of a library that is called many times per process (tests).
+`+site.env.FOO=1`); OmegaConf's structured configs enforce keys and types. We do not use Hydra's
+`compose()`: site files live outside the package as pure data, and its global state gets in the way
+of a library that is called many times per process (tests).
 """
 from __future__ import annotations
 
