@@ -103,7 +103,11 @@ def check_parity(tokenizer, model_file: os.PathLike, texts: Sequence[str]) -> in
 
 def write_directory(tokenizer, out_dir: Path, bos: str, eos: str, unk: str, pad: str,
                     spm_file: Optional[Path] = None) -> Path:
-    """tokenizer.json + transformers config, like saul.data.tokenizer.train_tokenizer writes."""
+    """tokenizer.json + transformers config, like saul.data.tokenizer.train_tokenizer writes,
+    with Mixtral-Instruct's chat template: IFT/DPO load the dataset's tokenizer directory, and a
+    bare tokenizer.model carries no template."""
+    from saul.posttrain.chat_template import MIXTRAL_CHAT_TEMPLATE
+
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
     specials = {"bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad}
@@ -111,7 +115,7 @@ def write_directory(tokenizer, out_dir: Path, bos: str, eos: str, unk: str, pad:
     write_json_atomic(out_dir / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", **specials, "add_bos_token": False,
         "add_eos_token": False, "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000})
+        "model_max_length": 1_000_000_000, "chat_template": MIXTRAL_CHAT_TEMPLATE})
     if spm_file is not None:
         shutil.copyfile(spm_file, out_dir / SPM_FILE)
     return out_dir

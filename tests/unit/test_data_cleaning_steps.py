@@ -172,3 +172,12 @@ def test_mixtral_tokenizer_matches_sentencepiece(tmp_path):
     assert [backend.encode(t, add_special_tokens=False).ids for t in odd] == [sp.encode(t) for t in odd]
     hf = load_tokenizer(out)
     assert hf.eos_token_id == 2 and hf.pad_token == "<unk>" and len(hf) == 32000
+    # The directory itself carries Mixtral's chat template (IFT/DPO with the mixtral presets).
+    from transformers import AutoTokenizer
+
+    from saul.posttrain.chat_template import MIXTRAL_CHAT_TEMPLATE
+
+    auto = AutoTokenizer.from_pretrained(str(out))
+    assert auto.chat_template == MIXTRAL_CHAT_TEMPLATE
+    chat = [{"role": "user", "content": "Is this hearsay?"}, {"role": "assistant", "content": "No."}]
+    assert auto.apply_chat_template(chat, tokenize=False) == "<s> [INST] Is this hearsay? [/INST] No.</s>"
