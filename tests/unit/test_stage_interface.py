@@ -82,3 +82,26 @@ def test_bad_post_training_input_exits_2_with_one_line_and_writes_nothing(overri
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert not runs.exists()
+
+
+def test_a_bad_instruction_line_stops_the_rank_with_exit_2_naming_file_and_line(tmp_path):
+    """Found only when the rank reads the file: one error line, exit 2, the attempt_end says why, no
+    checkpoint and no final model."""
+    from saul.data.prepare import prepare_dataset
+    from saul.resilience import ledger
+
+    data = tmp_path / "data"
+    prepare_dataset(composed("stage=prepare", "model=tiny-mixtral", "data.num_documents=20").data, 64, 1, data)
+    bad = tmp_path / "ift.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+                   '{"messages": [oops\n')
+    runs = tmp_path / "runs"
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / "submit.py"), "stage=ift", "model=tiny-mixtral",
+                             "site=local", f"runs_root={runs}", "run=bad", f"data.path={data}", "nproc=1",
+                             f"ift.data=[{bad}]"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    stage = runs / "bad" / "ift"
+    assert f"{bad}:2: not valid JSON" in (result.stdout + result.stderr)
+    end = [r for r in ledger.read(stage / "ledger.jsonl") if r.get("event") == "attempt_end"]
+    assert end[-1]["exit_code"] == 2 and f"{bad}:2" in end[-1]["reason"]
+    assert not (stage / "checkpoints").exists() and not (stage / "final").exists()
