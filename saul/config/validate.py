@@ -225,7 +225,7 @@ def check_data(cfg, run_dir) -> None:
             else "point data.path at a directory written by stage=prepare"
         )
         raise ConfigError(f"no packed dataset at {path} (manifest.json missing): {how}")
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("seq_len") != cfg.train.seq_len:
         raise ConfigError(
             f"dataset {path} is packed to seq_len={manifest.get('seq_len')} but train.seq_len={cfg.train.seq_len}: "

@@ -31,7 +31,9 @@ def read(path: Path) -> List[dict]:
     """Every complete record of a JSONL file (ledger, metrics): the project's one JSONL reader."""
     if not path.is_file():
         return []
-    return parse(path.read_text().splitlines())
+    # Bytes split on "\n" only: UTF-8 whatever the locale, and a U+2028 or U+0085 inside a
+    # string value (legal in JSON) does not cut its record in two as str.splitlines would.
+    return parse(path.read_bytes().split(b"\n"))
 
 
 def parse(lines) -> List[dict]:

@@ -16,7 +16,7 @@ class MetricsWriter:
         self._fh: Optional[IO[str]] = None
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "a", buffering=1)
+            self._fh = open(path, "a", buffering=1, encoding="utf-8")
 
     def write(self, record: dict) -> None:
         if self._fh is None:
