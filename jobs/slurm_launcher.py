@@ -159,6 +159,30 @@ def restart_loop_head() -> List[str]:
     ]
 
 
+def spare_lines(cfg, rundir: RunDir) -> List[str]:
+    """With spare nodes (resilience.spare_nodes=K, the job holds nodes + K): pick the `nodes` healthy nodes of
+    this pass (saul.resilience.spares writes the file the ranks' srun --nodelist reads and records a swap) and
+    make the ranks see their own node count (submitit reads SLURM_JOB_NUM_NODES; srun takes it as --nodes)."""
+    if not cfg.resilience.spare_nodes:
+        return []
+    return [
+        f"export SLURM_JOB_NUM_NODES={int(cfg.nodes)}",
+        f'MASTER_ADDR=$({HOST_PYTHON} -m saul.resilience.spares {shlex.quote(str(rundir.root))} --nodes {int(cfg.nodes)}) '
+        "|| { saul_rc=1; break; }",
+        "export MASTER_ADDR",
+    ]
+
+
+def spare_srun_args(cfg, rundir: RunDir) -> List[str]:
+    """The ranks' step on `nodes` of the nodes + K: a --nodelist with a '/' is a host file to srun."""
+    if not cfg.resilience.spare_nodes:
+        return []
+    from saul.resilience.spares import step_nodes_path
+
+    return [f"--nodes={int(cfg.nodes)}", f"--ntasks={int(cfg.nodes) * int(cfg.nproc)}",
+            f"--nodelist={step_nodes_path(rundir.root)}"]
+
+
 def port_lines() -> List[str]:
     """Last before the ranks' srun: a port free on this (the first) node now, outside the ephemeral range,
     different for each restart of the job and each relaunch inside it (saul.resilience.rendezvous_port).
@@ -189,7 +213,8 @@ def teardown_lines(cfg, rundir: RunDir) -> List[str]:
              # Crash or hang with budget, nodes and time left: relaunch the ranks here, no requeue.
              f"{HOST_PYTHON} -m saul.resilience.step_restart {root} $saul_rc --step $saul_step "
              f"--min-time-left {min_time_left_s(cfg)} --step-started $saul_step_started"
-             + ("" if r.in_job_restart else " --off") + " || break",
+             + ("" if r.in_job_restart else " --off")
+             + (f" --nodes {int(cfg.nodes)} --spare-nodes {int(r.spare_nodes)}" if r.spare_nodes else "") + " || break",
              "saul_step=$((saul_step + 1))",
              "done"]
     if cfg.energy.enabled:
@@ -252,22 +277,28 @@ def setup_lines(cfg, rundir: RunDir) -> List[str]:
 
 def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict: bool = True) -> Dict[str, object]:
     site = cfg.site
+    spares = int(cfg.resilience.spare_nodes)
+    if spares < 0:
+        raise ConfigError(f"resilience.spare_nodes={spares} is out of range: it must be >= 0 (extra nodes held to "
+                          "replace a failed one)")
     additional: Dict[str, object] = {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)}
+    if spares:  # a failed node leaves the allocation instead of ending the job: the batch script swaps it
+        additional["no_kill"] = True
     if site.env_passthrough:  # names only: sbatch takes their values from the submitting environment
         additional["export"] = ",".join(["ALL", *site.env_passthrough])
     params: Dict[str, object] = {
         "job_name": f"saul-{cfg.run}-{cfg.stage}",
-        "nodes": cfg.nodes,
+        "nodes": cfg.nodes + spares,
         "ntasks_per_node": cfg.nproc,
         "time": cfg.time_limit_min,
         "signal_delay_s": site.signal_delay_s,
         "stderr_to_stdout": True,
         "wckey": site.wckey or None,  # submitit would add --wckey=submitit, which wckey-enforcing sites reject
         "setup": (setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir))
-                  + restart_loop_head() + watchdog_lines(cfg, rundir) + port_lines()),
+                  + restart_loop_head() + spare_lines(cfg, rundir) + watchdog_lines(cfg, rundir) + port_lines()),
         "teardown": teardown_lines(cfg, rundir),
         "srun_args": ["--kill-on-bad-exit=1", "--overlap", f"--job-name={RANKS_STEP_NAME}",
-                      *cpu_bind_args(site, cfg.nproc), *site.srun_extra],
+                      *spare_srun_args(cfg, rundir), *cpu_bind_args(site, cfg.nproc), *site.srun_extra],
         "additional_parameters": additional,
     }
     if site.partition:

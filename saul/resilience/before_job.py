@@ -28,7 +28,8 @@ def previous_runs(job_id: str) -> List[Dict[str, str]]:
     fields = ("JobIDRaw", "State", "NodeList", "Start", "End", "ExitCode")
     out = slurm_output(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", ",".join(fields)])
     rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
-    return [r for r in rows if r["State"].split()[0] not in ("RUNNING", "PENDING")]
+    # RESIZING: a --no-kill job (spare nodes) lost a node and went on in the same run; not a run of its own.
+    return [r for r in rows if r["State"].split()[0] not in ("RUNNING", "PENDING", "RESIZING")]
 
 
 def expand_nodelist(nodelist: str) -> List[str]:

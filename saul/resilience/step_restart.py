@@ -26,10 +26,12 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from saul.resilience import ledger
 from saul.resilience.after_job import cancelled, classify, decide, newest_checkpoint_step
+from saul.resilience.node_exclusion import exclude, excluded_nodes
+from saul.resilience.spares import current_allocation, read_step_nodes, usable_count
 from saul.resilience.watchdog import hang_marker
 from saul.slurm_commands import slurm_output
 
@@ -58,8 +60,11 @@ def time_left_s(job_id: str) -> Optional[float]:
 
 def decide_in_job(code: int, hung: bool, history: List[dict], checkpoint_step: int, budget: int, enabled: bool,
                   lost_nodes: List[str], time_left: Optional[float], min_time_left: float,
-                  was_cancelled: bool) -> Tuple[bool, str]:
-    """(relaunch here?, why): the pure decision, every input already gathered."""
+                  was_cancelled: bool, spare_ready: bool = False) -> Tuple[bool, str]:
+    """(relaunch here?, why): the pure decision, every input already gathered. `lost_nodes`: the ranks'
+    nodes Slurm took out of service; `spare_ready`: enough usable nodes remain in the allocation to
+    replace them (resilience.spare_nodes). A node failure is the hardware's, not the run's: a swap
+    does not spend the failure budget (as a Slurm NODE_FAIL requeue does not)."""
     kind = "hang" if hung and code != 0 else classify(code)
     if kind not in ("crash", "hang"):
         return False, f"the ranks' step ended {kind}: after_job decides"
@@ -67,12 +72,15 @@ def decide_in_job(code: int, hung: bool, history: List[dict], checkpoint_step: i
         return False, "in-job restart is off (resilience.in_job_restart=false): requeue through Slurm"
     if was_cancelled:
         return False, "cancelled by the user"
-    action, why = decide(code, history, checkpoint_step, budget, hung)
-    if action != "requeue":
-        return False, why
-    if lost_nodes:
-        return False, (f"node(s) {','.join(lost_nodes)} of the allocation are out of service and no spare is left: "
-                       "the job goes back to Slurm")
+    if lost_nodes and spare_ready:
+        why = f"node(s) {','.join(lost_nodes)} out of service: relaunching on a spare node of this allocation"
+    else:
+        action, why = decide(code, history, checkpoint_step, budget, hung)
+        if action != "requeue":
+            return False, why
+        if lost_nodes:
+            return False, (f"node(s) {','.join(lost_nodes)} of the allocation are out of service and no spare is "
+                           "left: the job goes back to Slurm")
     if time_left is not None and time_left < min_time_left:
         return False, f"{time_left:.0f}s of the time limit left (< {min_time_left:.0f}s): requeue instead"
     return True, f"{why}; in-job restart"
@@ -91,6 +99,20 @@ def lost_allocation_nodes(nodes: List[str]) -> List[str]:
     return sorted(unhealthy(nodes))
 
 
+def spare_view(stage_dir: Path, path: Path, job_id: str, need: int) -> Tuple[Dict[str, str], bool, Dict[str, str]]:
+    """(the ranks' nodes out of service -> why, enough usable nodes left to replace them?, other lost nodes)."""
+    from saul.resilience.before_job import unhealthy
+
+    allocation = current_allocation(job_id)
+    # The failed node may already be gone from the job's nodelist: ask about the ranks' nodes too.
+    step = read_step_nodes(stage_dir)
+    bad = unhealthy(sorted(set(allocation) | set(step)))
+    excluded = excluded_nodes(path, int(os.environ.get("SAUL_MAX_EXCLUDED_NODES", "16")))
+    lost = {node: why for node, why in bad.items() if node in step}
+    new_spares_lost = {node: why for node, why in bad.items() if node not in step and node not in excluded}
+    return lost, usable_count(allocation, bad, excluded) >= need, new_spares_lost
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m saul.resilience.step_restart")
     parser.add_argument("stage_dir", type=Path)
@@ -100,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time-left", type=float, default=0.0, help="seconds of the time limit a relaunch needs")
     parser.add_argument("--step-started", type=float, default=None, help="when this ranks' step was launched (epoch s)")
     parser.add_argument("--off", action="store_true", help="never relaunch here (resilience.in_job_restart=false)")
+    parser.add_argument("--nodes", type=int, default=0, help="nodes the ranks' step runs on (with --spare-nodes)")
+    parser.add_argument("--spare-nodes", type=int, default=0, help="extra nodes held to replace a failed one")
     args = parser.parse_args(argv)
     returned = time.time()  # srun returned just before this process started
     path = args.stage_dir / "ledger.jsonl"
@@ -107,20 +131,30 @@ def main(argv=None) -> int:
     records = ledger.read(path)
     hung = hang_marker(args.stage_dir, job_id).is_file()
     checkpoint_step = newest_checkpoint_step(args.stage_dir)
-    nodes = allocation_nodes()
     kind = "hang" if hung and args.exit_code != 0 else classify(args.exit_code)
-    lost = lost_allocation_nodes(nodes) if kind in ("crash", "hang") and not args.off else []
-    left = time_left_s(job_id) if kind in ("crash", "hang") and not args.off else None
+    failed = kind in ("crash", "hang") and not args.off
+    spare_ready, to_exclude = False, {}
+    if args.spare_nodes > 0 and failed:
+        lost_why, spare_ready, lost_spares = spare_view(args.stage_dir, path, job_id, args.nodes)
+        lost = sorted(lost_why)
+        # A failed node is excluded for the rest of this run, whether the ranks or only a spare stood on it.
+        to_exclude = {**lost_spares, **{n: w for n, w in lost_why.items() if n not in excluded_nodes(path, 10 ** 6)}}
+    else:
+        lost = lost_allocation_nodes(allocation_nodes()) if failed else []
+    left = time_left_s(job_id) if failed else None
     relaunch, why = decide_in_job(args.exit_code, hung, budget_history(records), checkpoint_step, args.budget,
-                                  not args.off, lost, left, args.min_time_left, cancelled(path, job_id))
+                                  not args.off, lost, left, args.min_time_left, cancelled(path, job_id), spare_ready)
+    for node in sorted(to_exclude):
+        exclude(path, [node], to_exclude[node], job_id)
     if not relaunch:
         print(f"step_restart: exit code {args.exit_code}: leaving the allocation's restart loop: {why}", flush=True)
         return LEAVE
     ledger.append(path, {
         "event": "step_restart", "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
-        "step_restart": args.step + 1, "exit_code": args.exit_code, "class": kind, "action": "relaunch",
+        "step_restart": args.step + 1, "exit_code": args.exit_code,
+        "class": "node_failure" if lost and spare_ready else kind, "action": "relaunch",
         "why": why, "checkpoint_step": checkpoint_step, "nodelist": os.environ.get("SLURM_JOB_NODELIST", ""),
-        "step_started": args.step_started, "step_returned": returned, "time_left_s": left,
+        "lost_nodes": lost, "step_started": args.step_started, "step_returned": returned, "time_left_s": left,
     })
     print(f"step_restart: exit code {args.exit_code} -> relaunching the ranks in this allocation: {why}", flush=True)
     return RELAUNCH

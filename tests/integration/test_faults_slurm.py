@@ -197,6 +197,34 @@ def test_a_node_set_down_is_excluded_and_the_run_continues_elsewhere(slurm_clust
     assert_recovered_exactly(stage, clean_run)
 
 
+def test_a_node_set_down_is_swapped_for_a_spare_inside_the_allocation(slurm_cluster, packed_data, tmp_path, clean_run):
+    """nodes=2 + 1 spare on the 3-node cluster: the ranks' node set DOWN leaves the --no-kill job, the ranks
+    relaunch on the spare in the same allocation (no requeue: sacct shows one run of one job)."""
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "spare", "resilience.spare_nodes=1"))
+    stage = runs / "spare" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    first = (stage / "step_nodes").read_text().split()
+    victim = rank_process(stage, 1).environ()["SLURMD_NODENAME"]
+    assert len(first) == 2 and victim == first[1]
+    slurm_cluster.set_node_state(victim, "down", reason="fault injection")
+    try:
+        ends = wait_until_done(stage, timeout=400)
+    finally:
+        slurm_cluster.set_node_state(victim, "resume")
+    assert [e["class"] for e in ends] == ["done"]  # no requeue
+    (restart,) = [r for r in ledger(stage) if r["event"] == "step_restart"]
+    assert restart["class"] == "node_failure" and restart["lost_nodes"] == [victim]
+    (swap,) = [r for r in ledger(stage) if r["event"] == "node_swap"]
+    (spare,) = set(slurm_cluster.node_names) - set(first)
+    assert swap["failed"] == [victim] and swap["replacements"] == [spare] and swap["spares_left"] == 0
+    assert swap["nodes_after"] == [first[0], spare] and swap["job_id"] == job
+    assert [r["node"] for r in ledger(stage) if r["event"] == "node_excluded"] == [victim]
+    # sacct: one job, never requeued; Slurm books the lost node as a resize of the same run.
+    assert [r["State"].split()[0] for r in runs_of_job(slurm_cluster, job)] == ["RESIZING", "COMPLETED"]
+    assert_recovered_exactly(stage, clean_run)
+
+
 def test_a_configuration_error_is_not_retried(slurm_cluster, packed_data, tmp_path):
     runs = tmp_path / "runs"
     job = submit(slurm_cluster, *args(runs, packed_data, "bad", "model.init_from_stage=anneal"))

@@ -166,7 +166,7 @@ def test_a_missing_host_python_is_named(tmp_path):
 
 BATCH_HELPERS = ["saul.resilience.before_job", "saul.resilience.after_job", "saul.resilience.watchdog",
                  "saul.resilience.rendezvous_port", "saul.resilience.node_exclusion", "saul.resilience.step_restart",
-                 "monitoring.accounting"]
+                 "saul.resilience.spares", "monitoring.accounting"]
 
 
 def test_the_batch_script_helpers_need_nothing_newer_than_python_3_8_and_nothing_outside_the_stdlib():
