@@ -125,9 +125,12 @@ class StageGoodput:
     stage: str
     attempts: List[AttemptGoodput]
     every_steps: Optional[int] = None
+    auto_interval: bool = False  # checkpoint.every_steps=auto: every_steps is the newest interval rank 0 chose
     max_steps: Optional[int] = None
     log_every: Optional[int] = None
     notes: List[str] = field(default_factory=list)
+    in_job_restarts: int = 0  # relaunches of the ranks inside the allocation (step_restart records)
+    swaps: List[dict] = field(default_factory=list)  # node_swap records: a failed node replaced by a spare
 
     # --- time ---------------------------------------------------------------------------------
     @property
@@ -300,8 +303,15 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
     config = config or {}
     result = StageGoodput(run, stage, [], notes=[])
     result.every_steps = _config_int(config, "checkpoint", "every_steps")
+    checkpoint = config.get("checkpoint") if isinstance(config.get("checkpoint"), dict) else {}
+    if checkpoint.get("every_steps") == "auto":
+        chosen = [r for r in metrics if r.get("event") == "checkpoint_interval" and isinstance(r.get("every_steps"), int)]
+        result.auto_interval = True
+        result.every_steps = chosen[-1]["every_steps"] if chosen else None
     result.max_steps = _config_int(config, "train", "max_steps")
     result.log_every = _config_int(config, "train", "log_every")
+    result.in_job_restarts = sum(1 for r in records if r.get("event") == "step_restart")
+    result.swaps = [r for r in records if r.get("event") == "node_swap"]
     starts: Dict[int, dict] = {}
     for r in records:
         if r.get("event") == "attempt_start" and isinstance(r.get("attempt"), int) and _number(r.get("time")):
@@ -502,9 +512,10 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[object]]) -> List[str
 def young_line(s: StageGoodput) -> str:
     if s.young_s is None:
         why = "no failure observed, so no MTBF" if s.mtbf_s is None else "no checkpoint save recorded"
-        return f"Young's checkpoint interval: n/a ({why}); configured every {s.every_steps or '?'} steps"
-    configured = (f"configured every {s.every_steps} steps ≈ {_s(s.configured_interval_s)} s"
-                  if s.every_steps else "configured interval unknown (no config.yaml)")
+        configured = "auto" if s.auto_interval else "configured"
+        return f"Young's checkpoint interval: n/a ({why}); {configured} every {s.every_steps or '?'} steps"
+    configured = (f"{'auto, newest choice' if s.auto_interval else 'configured'} every {s.every_steps} steps ≈ "
+                  f"{_s(s.configured_interval_s)} s" if s.every_steps else "configured interval unknown (no config.yaml)")
     line = (f"Young's checkpoint interval sqrt(2 x {_s(s.mean_checkpoint_s, 3)} s x {_s(s.mtbf_s)} s) = "
             f"**{_s(s.young_s)} s ≈ {s.young_steps} steps** at {_s(s.mean_step_s, 3)} s/step; {configured}")
     at_configured, at_young = s.expected_overhead(s.configured_interval_s), s.expected_overhead(s.young_s)
@@ -533,6 +544,14 @@ def recovery_phase_line(s: StageGoodput) -> str:
     return "recovery by phase (median s): " + "; ".join(f"{name} {_s(v)}" for name, v in phases.items())
 
 
+def allocation_line(s: StageGoodput) -> str:
+    """What was recovered without going back to Slurm: in-job restarts, and the node swaps among them."""
+    swaps = "; ".join(f"{','.join(r.get('failed') or []) or '?'} -> {','.join(r.get('replacements') or []) or '?'}"
+                      for r in s.swaps)
+    return (f"inside the allocation: {s.in_job_restarts} in-job restart(s), {len(s.swaps)} node swap(s)"
+            + (f" ({swaps})" if swaps else ""))
+
+
 def summary_lines(s: StageGoodput) -> List[str]:
     counts: Dict[str, int] = {}
     for a in s.attempts:
@@ -543,6 +562,7 @@ def summary_lines(s: StageGoodput) -> List[str]:
         f"{_s(s.elapsed_s)} s from the first attempt's start to the last one's end); without the waits between "
         f"attempts: {_pct(s.ratio_without_gaps)} of {_s(s.wall_s)} s",
         f"attempts: {len(s.attempts)}; ended by {classes}; failures: {len(s.failures)}",
+        allocation_line(s),
         f"lost work: {sum(a.redone_steps for a in s.attempts)} steps redone = {_s(s.redone_s)} s of step time",
         f"observed MTBF: {_s(s.mtbf_s)} s (attempts' wall time / failures; planned stops are not failures)",
         f"mean recovery after a failure: {_s(s.mean_recovery_s)} s (end of the failed attempt -> next first step)",

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from saul import exit_codes
 from saul.config.model_size import count_parameters
 from saul.data.dataset import global_batch_ids, rank_slice
-from saul.resilience import stop_request
+from saul.resilience import ledger, stop_request
+from saul.resilience.checkpoint_interval import Cadence
 from saul.resilience.heartbeat import Heartbeat
 from saul.resilience.stop_request import StopRequest
 from saul.rundir import RunDir
@@ -144,6 +145,10 @@ class StepLoop:
         self.engine = engine
         say(self.engine.describe)
         self.metrics = MetricsWriter(rundir.metrics, enabled=info.is_main)
+        # checkpoint.every_steps: N, or auto (Young's interval, re-chosen by rank 0 after each save)
+        self.cadence = Cadence(cfg.checkpoint.every_steps, info.is_main, info.world_size,
+                               lambda obj: _broadcast(obj, info.rank), self.metrics.write,
+                               lambda: ledger.read(rundir.ledger), lambda: ledger.read(rundir.metrics))
         self.stop = stop_request.current()  # installed at task start: a start-up signal is already in it
         self.heartbeat = Heartbeat(rundir.heartbeats, enabled=info.is_main, job_id=info.job_id, attempt=attempt)
         self.pos = Position()
@@ -247,8 +252,8 @@ class StepLoop:
                 first_step_at = time.time()
             if self.pos.step % t.log_every == 0 or self.pos.step == t.max_steps or stop_now:
                 self._log_step(ids, loss, lr, grad_norm, step_time, figures)
-            if self.pos.step % cfg.checkpoint.every_steps == 0 or self.pos.step == t.max_steps:
-                self.save()
+            if self.cadence.due(self.pos.step, step_time) or self.pos.step == t.max_steps:
+                self.cadence.saved(self.pos.step, self.save())
             if stop_now and self.pos.step < t.max_steps:
                 reason = self.stop.describe() if self.stop.requested else "another rank was asked to stop"
                 if cfg.checkpoint.save_on_stop and self.last_saved_step != self.pos.step:

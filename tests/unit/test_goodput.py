@@ -319,3 +319,29 @@ def test_an_in_job_restart_is_split_into_recovery_phases(tmp_path):
                                                  "model build + checkpoint load", "first step"]
     assert requeued.attempts[0].phases["detect + tear down + relaunch"] == 7.0
     assert goodput.analyse(records[2:], metrics[2:]).attempts[0].phases == {}  # no failure, no recovery
+
+
+def test_a_node_swap_and_the_auto_interval_are_reported(tmp_path):
+    """A node set DOWN with a spare: the step_restart (class node_failure) is a failure, the swap is named in the
+    summary; with checkpoint.every_steps=auto the newest interval rank 0 chose stands beside Young's."""
+    t = 1000.0
+    records = [
+        {"event": "attempt_start", "attempt": 1, "job_id": "7", "time": t, "process_start": t - 5},
+        {"event": "node_excluded", "node": "n2", "reason": "Slurm state down", "job_id": "7", "time": t + 20.5},
+        {"event": "step_restart", "job_id": "7", "class": "node_failure", "lost_nodes": ["n2"],
+         "step_returned": t + 20.0, "time": t + 20.5},
+        {"event": "node_swap", "job_id": "7", "failed": ["n2"], "replacements": ["n3"], "time": t + 21.0},
+        {"event": "attempt_start", "attempt": 2, "job_id": "7", "time": t + 30.0, "process_start": t + 22.0},
+        {"event": "attempt_end", "attempt": 2, "job_id": "7", "exit_code": 0, "time": t + 60.0, "step_start": 0},
+    ]
+    metrics = [{"step": 1, "step_time_s": 1.0, "attempt": 1, "time": t + 10.0, "loss": 1.0},
+               {"event": "checkpoint", "step": 1, "seconds": 2.0, "attempt": 1, "time": t + 12.0},
+               {"event": "checkpoint_interval", "step": 1, "every_steps": 42, "time": t + 12.0},
+               {"step": 2, "step_time_s": 1.0, "attempt": 2, "time": t + 40.0, "loss": 1.0}]
+    s = goodput.analyse(records, metrics, {"checkpoint": {"every_steps": "auto"}})
+    assert s.attempts[0].end_class == "node_failure" and len(s.failures) == 1
+    assert goodput.allocation_line(s) == "inside the allocation: 1 in-job restart(s), 1 node swap(s) (n2 -> n3)"
+    assert s.auto_interval and s.every_steps == 42
+    assert "auto, newest choice every 42 steps" in goodput.young_line(s)
+    fixed = goodput.analyse(records, metrics, {"checkpoint": {"every_steps": 8}})
+    assert not fixed.auto_interval and fixed.every_steps == 8 and "configured every 8 steps" in goodput.young_line(fixed)
