@@ -34,13 +34,19 @@ $(STAMP)/apptainer: scripts/install-apptainer.sh
 
 setup: $(STAMP)/python
 
-# Synthetic legal corpus -> local tokenizer -> packed shards, then CPT of tiny-mixtral with 2 DDP ranks.
+# The whole pipeline on tiny-mixtral, 2 DDP ranks per stage (jobs/pipeline.py): the real prepare pipeline on
+# generated raw PDFs/HTML/JSONL -> CPT -> IFT -> DPO -> eval of the starting model next to every trained stage
+# on LegalBench-format tasks (../shared/data/legalbench, else one of ours) and MMLU-format legal subsets made
+# by our code. Ends with the wall time per stage, the evaluation table and where the reports are (~2.5 min).
+DEMO_TASKS = $(if $(wildcard $(LEGALBENCH)/*/test.tsv),$(LEGALBENCH),$(DEMO_RAW)/tasks)
 demo: $(STAMP)/python $(STAMP)/kenlm
 	$(PY) -m saul.data.raw_corpus $(DEMO_RAW) --legalbench $(LEGALBENCH) --kenlm
-	$(PY) jobs/submit.py stage=prepare model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) \
-	  'data.sources=[{path:$(DEMO_RAW)/legal},{path:$(DEMO_RAW)/replay,role:replay,weight:0.02},{path:$(DEMO_RAW)/math,role:math,weight:0.05}]' \
-	  data.kenlm_model=$(DEMO_RAW)/legal.arpa $(if $(wildcard $(LEGALBENCH)),data.decontaminate=[$(LEGALBENCH)])
-	$(PY) jobs/submit.py stage=cpt model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) nproc=2 optim.lr=1e-3 optim.warmup_steps=5
+	$(PY) -c "from saul.eval import fixtures as f; f.write_mmlu('$(DEMO_RAW)/mmlu'); f.write_legalbench_task('$(DEMO_RAW)/tasks')"
+	$(PY) jobs/submit.py stage=pipeline model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) nproc=2 'pipeline.stages=[prepare,cpt,ift,dpo,eval]' \
+	  'pipeline.prepare.data.sources=[{path:$(DEMO_RAW)/legal},{path:$(DEMO_RAW)/replay,role:replay,weight:0.02},{path:$(DEMO_RAW)/math,role:math,weight:0.05}]' \
+	  pipeline.prepare.data.kenlm_model=$(DEMO_RAW)/legal.arpa $(if $(wildcard $(LEGALBENCH)),pipeline.prepare.data.decontaminate=[$(LEGALBENCH)]) \
+	  pipeline.cpt.optim.lr=1e-3 pipeline.cpt.optim.warmup_steps=5 \
+	  'pipeline.eval.eval.tasks=[$(DEMO_TASKS)]' pipeline.eval.eval.mmlu_dir=$(DEMO_RAW)/mmlu
 
 # The container tests in here run only when the CPU image is already cached (`make image`): building it
 # takes longer than CI's budget allows (README, "Containers").

@@ -193,8 +193,13 @@ def inputs_pending(p: PlannedStage, pending: Sequence[str]) -> bool:
     """Whether the stage's inputs come from an earlier stage of the chain that has not finished yet
     (then they are checked where the stage runs, once that stage has made them)."""
     c = p.cfg
-    if p.name in DATA_STAGES:
-        return not c.data.path and "prepare" in pending
+    if p.name in MODEL_STAGES:
+        source = c.model.init_from_stage
+        if source in pending:
+            return True
+        # cpt/anneal read prepare's dataset; a post-training stage from random init takes its tokenizer
+        needs_prepare = p.name in DATA_STAGES or not (source or c.model.path)
+        return needs_prepare and not c.data.path and "prepare" in pending
     if p.name == "eval":
         models = list(c.eval.models) or [c.model.init_from_stage]
         trained = [s for s in pending if s in MODEL_STAGES]
@@ -412,6 +417,8 @@ def main(argv: Sequence[str]) -> int:
         print(describe(pipeline), flush=True)
         if all(p.finished for p in pipeline.stages):
             print(f"pipeline: every stage of run {pipeline.stages[0].cfg.run} is finished; nothing to do")
+            if pipeline.site.scheduler != "slurm":
+                print(summary(pipeline, {}), end="")
             return exit_codes.DONE
         if pipeline.site.scheduler == "slurm":
             if pipeline.dry_run:

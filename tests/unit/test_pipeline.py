@@ -174,3 +174,12 @@ def test_every_stage_finished_means_nothing_to_do(tmp_path, capsys):
     finish(runs, pipeline.plan(args[1:]).stages[0].argv, {runs / "r" / "data" / "manifest.json": "{}"})
     assert submit.main(args) == 0
     assert "every stage of run r is finished; nothing to do" in capsys.readouterr().out
+
+
+def test_the_whole_recipe_plans_before_any_stage_has_run(tmp_path, task):
+    runs = tmp_path / "runs"
+    plan = pipeline.plan(base_args(runs, task, "pipeline.stages=[prepare,cpt,anneal,ift,dpo,eval]")[1:])
+    by_name = {p.name: p.cfg for p in plan.stages}
+    assert [by_name[s].model.init_from_stage for s in ("cpt", "anneal", "ift", "dpo")] == ["", "cpt", "anneal", "ift"]
+    assert list(by_name["eval"].eval.models) == ["base", "cpt", "anneal", "ift", "dpo"]
+    assert not runs.exists()
