@@ -134,7 +134,7 @@ class _ShardRunner:
             self.signer = dedup.Signer(cfg_data.minhash_ngram)
 
     def run(self, files: Sequence[tuple[int, extract.InputFile]], out: Path,
-            should_stop: Callable[[], bool]) -> bool:
+            should_stop: Callable[[], bool], rank: int = 0) -> bool:
         kept, removed = [], []
         stats: Counter = Counter()
         rule_hits: Counter = Counter()
@@ -170,7 +170,7 @@ class _ShardRunner:
         rows = [{"step": step, "source": source, key: value}
                 for (step, source, key), value in stats.items()]
         write_json_atomic(out / DONE_MARKER, {"docs": len(kept), "stats": rows, "rule_hits": dict(rule_hits),
-                                              "cpu_seconds": dict(clock.seconds)})
+                                              "cpu_seconds": dict(clock.seconds), "rank": rank})
         clock.seconds.clear()
         return True
 
@@ -249,7 +249,7 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
         if (target / DONE_MARKER).is_file():
             continue
         beat(s, "train")
-        if not runner.run(shards[s], target, should_stop):
+        if not runner.run(shards[s], target, should_stop, rank):
             return Outcome("stopped", None, ran, num_shards)
         ran += 1
         say(f"prepare: shard {s + 1}/{num_shards} done ({len(shards[s])} files)")
@@ -280,6 +280,7 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
     stats: List[dict] = []
     rule_hits: Counter = Counter()
     shard_seconds: Counter = Counter()
+    rank_seconds: Counter = Counter()  # phase-1 CPU seconds per rank that ran the shards
     with clock("merge_read"):
         for s in range(num_shards):
             d = shard_dir(work, s)
@@ -298,6 +299,7 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
             stats.extend(marker["stats"])
             rule_hits.update(marker["rule_hits"])
             shard_seconds.update(marker.get("cpu_seconds", {}))
+            rank_seconds[str(marker.get("rank", 0))] += sum(marker.get("cpu_seconds", {}).values())
         sig_all = np.concatenate(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
         order = sorted(range(len(docs)), key=lambda i: docs[i]["o"])
         docs = [docs[i] for i in order]
@@ -401,5 +403,6 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
     # CPU seconds per step, the shards' summed over ranks. Provenance only (the fingerprint leaves
     # metadata out), so the manifest is rewritten with them: still inside the temporary directory.
     manifest["metadata"]["cpu_seconds"] = {k: round(v, 3) for k, v in (shard_seconds + clock.seconds).items()}
+    manifest["metadata"]["shard_cpu_seconds_by_rank"] = {k: round(v, 3) for k, v in sorted(rank_seconds.items())}
     write_json_atomic(tmp / MANIFEST_FILE, manifest)
     return manifest

@@ -1,6 +1,7 @@
 """The real prepare stage end to end: raw PDFs/HTML/JSONL/Parquet -> audited, packed dataset,
 on 1 rank, 2 local ranks and 2 Slurm nodes (the same dataset every time)."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from saul.config.compose import compose
 from saul.config.errors import ConfigError
 from saul.config.validate import check_data
 from saul.data.dataset import PackedDataset
-from saul.data.pipeline import DONE_MARKER, run_prepare, work_dir_for
+from saul.data.pipeline import DONE_MARKER, run_prepare
+from saul.data.synthetic import generate_corpus
 from tests.data_fixtures import LEGALBENCH, raw_corpus  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,6 +128,20 @@ def test_killed_prepare_redoes_only_unfinished_shards(raw_corpus, tmp_path):
     assert (out / "manifest.json").stat().st_mtime_ns == before
     single = run_prepare(cfg, tmp_path / "single", rank=0, world=1)
     assert single.manifest["fingerprint"] == resumed.manifest["fingerprint"]
+
+
+def test_changed_inputs_give_a_new_dataset(raw_corpus, tmp_path):
+    src, _ = raw_corpus
+    root = tmp_path / "raw"
+    shutil.copytree(src, root)
+    cfg = compose(_overrides(root), env={}).cfg
+    first = run_prepare(cfg, tmp_path / "data")
+    with open(root / "legal" / "dumps" / "more.jsonl", "w", encoding="utf-8") as f:  # one more legal document
+        f.write(json.dumps({"text": generate_corpus(1, 99)[0].text}) + "\n")
+    second = run_prepare(cfg, tmp_path / "data")
+    assert second.shards_run > 0 and second.manifest["fingerprint"] != first.manifest["fingerprint"]
+    kept = (tmp_path / "data" / "audit" / "kept.jsonl").read_text(encoding="utf-8")
+    assert '"doc_id": "dumps/more.jsonl#0"' in kept
 
 
 def test_bad_inputs_give_one_error_line_and_nothing_written(tmp_path):
