@@ -288,7 +288,19 @@ def stage_record(cfg, rundir: RunDir, result: Optional[dict] = None) -> dict:
     }
     if rundir.stage == "eval":
         record["models"] = evaluated_models(config, rundir)
+    record["warnings"] = inconsistencies(record)
     return record
+
+
+def inconsistencies(record: dict) -> List[str]:
+    """What the hashes say cannot be right: a trained final/ byte-identical to the model it started from
+    means its training changed nothing, or the export put the starting weights back."""
+    src, out = record.get("started_from") or {}, record.get("output") or {}
+    if src.get("sha256") and src.get("sha256") == out.get("sha256"):
+        where = f"{src['stage']}/final" if src.get("stage") else src.get("path")
+        return [f"final/ of {record['stage']} is byte-identical to {where}, the model it started from "
+                f"(sha256 {src['sha256'][:12]}): its training left no trace in the exported weights"]
+    return []
 
 
 # ---------------------------------------------------------------- the one call at a stage's end
@@ -306,6 +318,8 @@ def record_stage(cfg, rundir: RunDir, result: dict, is_rank0=None) -> Optional[P
     try:
         record = stage_record(cfg, rundir, result)
         path = write_json_atomic(lineage_path(rundir.root), record)
+        for warning in record["warnings"]:
+            sys.stderr.write(f"warning: {warning}\n")
         from saul import model_card
 
         if rundir.stage in MODEL_STAGES and (rundir.root / "final").is_dir():
@@ -382,6 +396,7 @@ def describe(records: List[dict], live_energy: Optional[Dict[str, dict]] = None)
             lines.append(f"  output    results.json {_short(out.get('sha256'))}" + (f" (balanced accuracy: {scores})" if scores else ""))
         energy = (live_energy or {}).get(stage, r.get("energy"))
         lines.append(f"  energy    {_energy_text(energy)}")
+        lines += [f"  WARNING   {w}" for w in r.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
 

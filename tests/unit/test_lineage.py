@@ -167,3 +167,17 @@ def test_status_lineage_prints_the_chain_from_data_to_scores(tmp_path, capsys):
     assert "anneal: not finished (no lineage.json yet)" in out
     assert status.main([f"runs_root={tmp_path}", "--lineage"]) == 2
     assert "--lineage shows one run's chain: add run=NAME" in capsys.readouterr().err
+
+
+def test_a_final_identical_to_the_model_it_started_from_is_flagged(tmp_path, capsys):
+    write_dataset(tmp_path)
+    cpt_cfg, cpt = make_stage(tmp_path, "cpt")
+    lineage.record_stage(cpt_cfg, cpt, {"exit_code": 0}, is_rank0=lambda: True)
+    cfg, ift = make_stage(tmp_path, "ift", "model.init_from_stage=cpt")  # the same weights as cpt's final/
+    record = json.loads(lineage.record_stage(cfg, ift, {"exit_code": 0}, is_rank0=lambda: True).read_text())
+    assert len(record["warnings"]) == 1 and "byte-identical to cpt/final" in record["warnings"][0]
+    assert "warning: final/ of ift is byte-identical to cpt/final" in capsys.readouterr().err
+    assert status.main([f"runs_root={tmp_path}", "run=r", "--lineage"]) == 0
+    assert "  WARNING   final/ of ift is byte-identical" in capsys.readouterr().out
+    anneal_cfg, anneal = make_stage(tmp_path, "anneal", "model.init_from_stage=cpt", final_bytes=b"trained")
+    assert lineage.stage_record(anneal_cfg, anneal)["warnings"] == []
