@@ -205,19 +205,28 @@ def near_duplicate_of(signatures: np.ndarray, bands: int, rows: int,
     n = len(signatures)
     uf = _UnionFind(n)
     for band in range(bands):
-        block = np.ascontiguousarray(signatures[:, band * rows:(band + 1) * rows])
-        buckets: Dict[bytes, List[int]] = {}
-        for i in range(n):
-            members = buckets.setdefault(block[i].tobytes(), [])
-            if members:
+        # The band's values folded into one 64-bit key (sorting uint64 is ~5x faster than rows of
+        # bytes); a collision could only propose a pair, which the signature check then rejects.
+        key = np.zeros(n, dtype=np.uint64)
+        for j in range(band * rows, (band + 1) * rows):
+            key = _fmix64(key ^ signatures[:, j].astype(np.uint64))
+        _, bucket, size = np.unique(key, return_inverse=True, return_counts=True)
+        bucket = bucket.ravel()
+        shared = np.flatnonzero(size[bucket] > 1)  # only documents that share a bucket need Python
+        if not len(shared):
+            continue
+        grouped = shared[np.argsort(bucket[shared], kind="stable")]  # by bucket, document order inside
+        for members in np.split(grouped, np.flatnonzero(np.diff(bucket[grouped])) + 1):
+            members = members.tolist()
+            for k in range(1, len(members)):
+                i = members[k]
                 root = uf.find(i)
-                others = [m for m in members[:_MAX_BUCKET_CHECKS] if uf.find(m) != root]
+                others = [m for m in members[:min(k, _MAX_BUCKET_CHECKS)] if uf.find(m) != root]
                 if others:
                     agree = (signatures[others] == signatures[i]).mean(axis=1)
                     for m, share in zip(others, agree):
                         if share >= verify:
                             uf.union(m, i)
-            members.append(i)
     roots = [uf.find(i) for i in range(n)]
     return [-1 if root == i else root for i, root in enumerate(roots)]
 
