@@ -4,8 +4,10 @@
                                    {source, doc_id, step, reason, detail}
     <dataset>/audit/kept.jsonl     one line per kept document: {source, doc_id, tokens, copies}
                                    (tokens = its own tokens x copies in the mix)
-    <dataset>/audit/report.md      per step and source: documents and words in/out, the
-                                   mixture's shares, dedup parameters and recall curve
+    <dataset>/audit/report.md      per step and source: documents and words in/out (and the
+                                   model's tokens from the mixture on: filtered documents are
+                                   never tokenized), the mixture's shares, dedup parameters
+                                   and recall curve
     <dataset>/audit/funnel.png     the funnel as a plot
 Reasons: extraction_failed, empty, rule, repetition, perplexity, exact_duplicate,
 near_duplicate, decontaminated, mixture. Written inside the dataset's temporary directory, so

@@ -3,14 +3,17 @@
 Two phases, on the stage's N ranks (no process group: ranks meet through the filesystem):
   1. per input shard (files dealt round-robin into shards; rank r takes shards r, r+N, ...):
      extraction -> cleaning -> perplexity -> decontamination -> MinHash signatures. A shard's
-     results go to <work>/shard-NNNNN/ and its `done.json` marker is written last, so a killed
-     or requeued prepare redoes only the shards without one.
+     results go to <work>/shard-NNNNN/ (docs.jsonl records, texts.bin + texts.idx, removed.jsonl,
+     signatures.u32) and its `done.json` marker (counters, CPU seconds per step) is written
+     last, so a killed or requeued prepare redoes only the shards without one.
   2. on rank 0, once every marker is there: exact dedup, near dedup (buckets, clusters,
      filter), the model's tokenizer, tokenization, mixture, packing and the audit files, all
      in a temporary directory renamed onto the dataset path (saul.data.prepare).
 The work directory is named after the inputs' fingerprint (sources, file sizes and mtimes,
-every setting): changed inputs never reuse stale shards, and the same inputs reuse the
-finished dataset. Torch-free.
+every setting) and the shard count: changed inputs never reuse stale shards, and the same
+inputs reuse the finished dataset on any rank count. Every step's CPU seconds (with pdftotext's)
+go into the manifest's metadata, per step (`cpu_seconds`) and per rank for phase 1, which is
+what benchmarks/data_pipeline.py reads. Torch-free.
 """
 from __future__ import annotations
 
