@@ -22,7 +22,7 @@ die() { echo "install-apptainer.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 
 works() { "$LINK" --version >/dev/null 2>&1 && "$LINK" buildcfg >/dev/null 2>&1; }
-if works && [[ -f "$PREFIX/.complete" ]]; then
+if works && [[ -f "$PREFIX/.complete" && "$(readlink -f "$LINK")" == "$(readlink -f "$PREFIX/usr/bin/apptainer")" ]]; then
   echo "Apptainer already installed: $("$LINK" --version) ($PREFIX)"
   exit 0
 fi
