@@ -22,6 +22,7 @@ All stages are validated before anything is written or submitted (one `error:` l
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,22 @@ def _hydra_value(text: str):
         raise ConfigError(f"cannot parse '{text}': {str(exc).strip().splitlines()[0]}") from None
 
 
+def _stages_value(arg: str) -> List[str]:
+    """pipeline.stages=[...] typed by the schema (saul.config.schema.PipelineConfig)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from saul.config.schema import PipelineConfig
+
+    parsed = _hydra_value(arg)
+    cfg = OmegaConf.structured(PipelineConfig)
+    try:
+        cfg.stages = parsed if isinstance(parsed, list) else [parsed]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"'{arg}': {str(exc).splitlines()[0]}") from None
+    return list(cfg.stages)
+
+
 def default_stages() -> List[str]:
     return [s for s in PIPELINE_ORDER if s in STAGES]
 
@@ -117,8 +134,7 @@ def split_argv(argv: Sequence[str]) -> Tuple[List[str], List[str], Dict[str, Lis
             continue
         rest = key[len("pipeline."):]
         if rest == "stages":
-            parsed = _hydra_value(arg)
-            stages = check_stages(parsed if isinstance(parsed, list) else [parsed])
+            stages = check_stages(_stages_value(arg))
             continue
         stage, _, sub = rest.partition(".")
         if stage not in PIPELINE_ORDER or not sub or not eq:
@@ -304,6 +320,8 @@ def run_local(pipeline: Pipeline) -> int:
         t0 = time.time()
         print(f"\n=== pipeline: stage {p.name} ({i + 1}/{len(to_run)}) ===", flush=True)
         code = submit.main(p.argv + (["--dry-run"] if pipeline.dry_run else []))
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the finished stage's Ctrl-C handler must not outlive it
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
         seconds[p.name] = time.time() - t0
         print(f"=== pipeline: stage {p.name} ended with exit code {code} after {seconds[p.name]:.1f}s ===", flush=True)
         if code != exit_codes.DONE:

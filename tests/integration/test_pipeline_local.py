@@ -49,7 +49,11 @@ def test_a_stopped_stage_stops_the_chain_and_the_same_command_finishes_it(tmp_pa
     assert [(r["exit_code"], r["step_start"], r["step_end"]) for r in cpt_ends] == [(75, 0, 2), (0, 2, 4)]
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["models"] == ["base", "cpt"]  # the chain's default: the starting model next to each stage
-    assert "| indemnity (other) |" in second.stdout  # the evaluation table ends the eval stage's output
+    # The end: wall time per stage (only the stages this submission ran), the table, where things are.
+    end = second.stdout[second.stdout.index("pipeline of run p finished: wall time per stage: cpt "):]
+    assert "prepare" not in end.splitlines()[0] and "eval " in end.splitlines()[0]
+    assert "| indemnity (other) |" in end and f"reports: {run / 'eval' / 'report.md'}" in end
+    assert f"model cards: {run / 'cpt' / 'final' / 'README.md'}" in end and "lineage: python jobs/status.py run=p" in end
 
     cpt = json.loads((run / "cpt" / "lineage.json").read_text())
     ev = json.loads((run / "eval" / "lineage.json").read_text())

@@ -46,6 +46,7 @@ def test_default_stages_are_every_stage_this_version_has_in_pipeline_order():
     ("pipeline.stages=[cpt,prepare]", "is out of order: stages run as prepare,cpt"),
     ("pipeline.stages=[cpt,cpt]", "'cpt' is listed twice"),
     ("pipeline.stages=[]", "pipeline.stages is empty"),
+    ("pipeline.stages={a:1}", "'pipeline.stages={a:1}': "),
     ("pipeline.cpd.optim.lr=1", "pipeline settings are pipeline.stages=[...] and pipeline.<stage>.<key>=value"),
     ("pipeline.cpt.stage=eval", "a stage's name is fixed by pipeline.stages"),
     ("pipeline.anneal.optim.lr=1", "stage anneal is not in pipeline.stages=[prepare,cpt]"),
