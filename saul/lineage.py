@@ -99,7 +99,12 @@ def chain(run_root: Path) -> List[dict]:
     out = []
     for name in stage_names(run_root):
         record = read(Path(run_root) / name)
-        out.append(record if record is not None else {"stage": name, "missing": "not finished (no lineage.json yet)"})
+        if record is None:
+            ends = [r for r in ledger.read(Path(run_root) / name / "ledger.jsonl") if r.get("event") == "attempt_end"]
+            done = bool(ends) and ends[-1].get("exit_code") == 0
+            record = {"stage": name, "missing": "finished, but its rank 0 wrote no lineage.json (see the warning in its "
+                                                "rank 0 log)" if done else "not finished (no lineage.json yet)"}
+        out.append(record)
     return out
 
 

@@ -156,7 +156,7 @@ def test_status_lineage_prints_the_chain_from_data_to_scores(tmp_path, capsys):
     for stage in ("prepare", "cpt"):
         cfg, rundir = make_stage(tmp_path, stage)
         lineage.record_stage(cfg, rundir, {"exit_code": 0}, is_rank0=lambda: True)
-    make_stage(tmp_path, "anneal", "model.init_from_stage=cpt")  # not recorded yet: still running
+    make_stage(tmp_path, "anneal", "model.init_from_stage=cpt")  # ended, but never recorded
     assert status.main([f"runs_root={tmp_path}", "run=r", "--lineage"]) == 0
     out = capsys.readouterr().out
     cpt_hash = json.loads((tmp_path / "r" / "cpt" / "lineage.json").read_text())["output"]["sha256"]
@@ -164,7 +164,11 @@ def test_status_lineage_prints_the_chain_from_data_to_scores(tmp_path, capsys):
     assert f"cpt: code {'a' * 12}, image host Python (no container)" in out
     assert "data      ffffffffffff (tokenizer tttttttttttt; sources: court-opinions, slimpajama)" in out
     assert f"output    final/ {cpt_hash[:12]} (2 files, step 60, loss 2.5000)" in out
-    assert "anneal: not finished (no lineage.json yet)" in out
+    assert "anneal: finished, but its rank 0 wrote no lineage.json" in out  # make_stage's ledger says done
+    ledger.append(tmp_path / "r" / "anneal" / "ledger.jsonl", {"event": "attempt_start", "attempt": 2})
+    ledger.append(tmp_path / "r" / "anneal" / "ledger.jsonl", {"event": "attempt_end", "attempt": 2, "exit_code": 75})
+    assert status.main([f"runs_root={tmp_path}", "run=r", "--lineage"]) == 0
+    assert "anneal: not finished (no lineage.json yet)" in capsys.readouterr().out
     assert status.main([f"runs_root={tmp_path}", "--lineage"]) == 2
     assert "--lineage shows one run's chain: add run=NAME" in capsys.readouterr().err
 
