@@ -16,7 +16,7 @@ Two values are settled here rather than in the schema:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from omegaconf import OmegaConf
 
@@ -25,7 +25,7 @@ from saul.config.schema import RunConfig
 from saul.config.validate import data_dir
 from saul.data.atomic import write_text_atomic
 from saul.resilience import ledger
-from saul.train.checkpoint import list_step_dirs, read_manifest
+from saul.train.checkpoint import newest_state, shrunk_grad_accum
 
 # Keys (or prefixes ending in '.') that may differ between submits of one stage.
 CHANGEABLE = (
@@ -79,16 +79,6 @@ def resolve_schedule_steps(cfg, frozen) -> None:
     cfg.optim.schedule_steps = int(cfg.train.max_steps) if frozen is None else frozen_schedule_steps(frozen)
 
 
-def newest_checkpoint(checkpoints: Path) -> Optional[Tuple[str, dict]]:
-    """(name, training state) of the newest checkpoint with a readable manifest (files are not hashed here)."""
-    for _, step_dir in list_step_dirs(checkpoints):
-        try:
-            return step_dir.name, read_manifest(step_dir).get("state", {})
-        except ValueError:
-            continue
-    return None
-
-
 def _layout_of(ledger_path: Path, world: int) -> str:
     """'nodes=N nproc=P' of the newest attempt that ran with `world` ranks, for the way out."""
     for record in reversed(ledger.read(ledger_path)):
@@ -100,11 +90,13 @@ def _layout_of(ledger_path: Path, world: int) -> str:
 def check_layout(cfg, rundir) -> None:
     """Refuse a world size (nodes x nproc) the newest checkpoint cannot resume with.
 
-    ZeRO-3 checkpoints hold one shard set per rank: only the same world size loads them (elastic
-    resume is issue 12). DDP checkpoints load on any world size, but the global batch (micro_batch x
-    grad_accum x ranks) must stay: it fixes the data order (saul.train.checkpoint.check_resumable), and
-    micro_batch and grad_accum are fixed keys, so for DDP too a checkpoint pins the world size."""
-    found = newest_checkpoint(rundir.checkpoints)
+    ZeRO-3 checkpoints hold one shard set per rank: only the same world size loads them. DDP checkpoints
+    load on any world size, but the global batch (micro_batch x grad_accum x ranks) must stay: it fixes
+    the data order (saul.train.checkpoint.check_resumable), and micro_batch and grad_accum are fixed
+    keys, so a DDP checkpoint pins the world size too, unless resilience.allow_shrink=true: then fewer
+    ranks resume it with the grad_accum that keeps its global batch (saul.train.checkpoint.shrunk_grad_accum,
+    which the ranks apply), where the global batch divides by micro_batch x ranks."""
+    found = newest_state(rundir.checkpoints)
     if found is None:
         return
     name, state = found
@@ -121,6 +113,12 @@ def check_layout(cfg, rundir) -> None:
                     f"data.path={data_dir(cfg, rundir)})")
     else:
         way_out += ", or start over under a new name (run=<new name>)"
+    if cfg.resilience.allow_shrink:
+        accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world, cfg.parallel)
+        if accum is None:
+            raise ConfigError(f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} cannot resume elastically: {why}; "
+                              f"{asked}; {way_out}")
+        return
     if state.get("parallel") == "zero3":
         raise ConfigError(
             f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} holds ZeRO-3 shards for {old_world} ranks and {asked}; "
@@ -132,6 +130,7 @@ def check_layout(cfg, rundir) -> None:
             f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} was made with a global batch of "
             f"{state['global_batch']} sequences and {asked}, a global batch of {t.micro_batch} x {t.grad_accum} x "
             f"{world} = {global_batch}: the data order would change; {way_out}"
+            + ("" if world > old_world else "; or resume on fewer ranks with resilience.allow_shrink=true (DDP)")
         )
 
 

@@ -20,7 +20,7 @@ class TrainingStage(Stage):
         """Runs on the starting weights, before the newest checkpoint is loaded (nothing by default)."""
 
     def run(self, ctx: StageContext) -> dict:
-        from saul.train.checkpoint import CheckpointMismatch
+        from saul.train.checkpoint import CheckpointMismatch, apply_elastic_resume
         from saul.train.engine import make_engine
         from saul.train.loop import StepLoop
 
@@ -28,6 +28,8 @@ class TrainingStage(Stage):
         if stopped:
             return stopped
         init_path = init_model_path(ctx.cfg, ctx.rundir)
+        # resilience.allow_shrink: a checkpoint of more ranks resumes here with more grad accumulation
+        apply_elastic_resume(ctx.cfg, ctx.rundir.checkpoints, ctx.info.world_size, ctx.say)
         work = self.build_work(ctx, init_path)
         try:
             engine = make_engine(ctx.cfg, ctx.device, init_path, self.prepare_module)

@@ -162,3 +162,49 @@ def check_resumable(state: dict, expected: dict) -> None:
             f"the newest checkpoint holds ZeRO-3 shards for {state.get('world_size')} ranks ({state.get('parallel')}); "
             f"this job has {expected.get('world_size')} ranks with parallel=zero3: use the same nodes/nproc"
         )
+
+
+def newest_state(root: Path) -> Optional[Tuple[str, dict]]:
+    """(name, state) of the newest checkpoint whose manifest reads, or None."""
+    for _, path in list_step_dirs(root):
+        try:
+            return path.name, read_manifest(path).get("state", {})
+        except ValueError:
+            continue
+    return None
+
+
+def shrunk_grad_accum(state: dict, micro_batch: int, grad_accum: int, world: int, parallel: str) -> Tuple[Optional[int], str]:
+    """Elastic resume (resilience.allow_shrink): the grad_accum that keeps the checkpoint's global batch, and with
+    it the exact sample order, on `world` ranks; (None, why) where that cannot be done.
+
+    DDP only: its checkpoint holds the whole model and optimizer (rank 0's files) and one RNG state per rank,
+    so fewer ranks load it as is. ZeRO-3 holds one shard set per rank (resharding is not supported yet);
+    more ranks would lack RNG states."""
+    old_world, global_batch = state.get("world_size"), state.get("global_batch")
+    if old_world is None or old_world == world or global_batch is None:
+        return grad_accum, ""
+    if parallel == "zero3" or state.get("parallel") == "zero3":
+        return None, f"ZeRO-3 shards for {old_world} ranks resume only on {old_world} ranks"
+    if world > old_world:
+        return None, f"a checkpoint of {old_world} ranks resumes on fewer ranks only, not {world}"
+    if global_batch % (micro_batch * world):
+        return None, (f"its global batch of {global_batch} sequences is not a multiple of micro_batch x ranks = "
+                      f"{micro_batch} x {world}")
+    return global_batch // (micro_batch * world), ""
+
+
+def apply_elastic_resume(cfg, root: Path, world: int, say) -> None:
+    """On the ranks, before the engine is built: with resilience.allow_shrink, a checkpoint made on more ranks
+    resumes here with the grad_accum that keeps its global batch (check_layout refused what cannot)."""
+    found = newest_state(root) if cfg.resilience.allow_shrink else None
+    if found is None:
+        return
+    name, state = found
+    t = cfg.train
+    accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world, cfg.parallel)
+    if accum is None or accum == t.grad_accum:
+        return  # not a shrink, or one check_resumable refuses with the reason
+    say(f"elastic resume: {name} was made on {state['world_size']} ranks; {world} ranks keep its global batch of "
+        f"{state['global_batch']} with grad_accum {accum} (configured {t.grad_accum})")
+    t.grad_accum = accum
