@@ -1,7 +1,8 @@
 """The real prepare stage: data.sources -> cleaned, filtered, deduplicated, mixed, packed dataset.
 
 Two phases, on the stage's N ranks (no process group: ranks meet through the filesystem):
-  1. per input shard (files dealt round-robin into shards; rank r takes shards r, r+N, ...):
+  1. per input shard (files dealt by size onto shards, see deal_shards; rank r takes shards
+     r, r+N, ...):
      extraction -> cleaning -> perplexity -> decontamination -> MinHash signatures. A shard's
      results go to <work>/shard-NNNNN/ (docs.jsonl records, texts.bin + texts.idx, removed.jsonl,
      signatures.u32) and its `done.json` marker (counters, CPU seconds per step) is written
@@ -18,6 +19,7 @@ what benchmarks/data_pipeline.py reads. Torch-free.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import shutil
@@ -113,6 +115,20 @@ def fingerprint(inputs: dict) -> str:
 def work_dir_for(out: Path, inputs: dict, num_shards: int) -> Path:
     """Shards of other inputs or another split are never mixed: both are in the name."""
     return out.with_name(f".{out.name}.work-{fingerprint({**inputs, 'num_shards': num_shards})[:16]}")
+
+
+def deal_shards(files: Sequence[extract.InputFile], num_shards: int) -> List[List[tuple]]:
+    """Files onto shards, largest first onto the lightest shard (by bytes), so one big dump does
+    not share a shard with a hundred PDFs while another shard idles. [(file index, file)] per
+    shard, in input order; the dataset does not depend on the deal (the merge puts documents
+    back in input order)."""
+    loads = [(0, s) for s in range(num_shards)]
+    shards: List[List[tuple]] = [[] for _ in range(num_shards)]
+    for i in sorted(range(len(files)), key=lambda i: (-files[i].size, i)):
+        load, s = heapq.heappop(loads)
+        shards[s].append((i, files[i]))
+        heapq.heappush(loads, (load + max(files[i].size, 1), s))
+    return [sorted(shard, key=lambda item: item[0]) for shard in shards]
 
 
 def shard_dir(work: Path, index: int) -> Path:
@@ -244,7 +260,7 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
         return Outcome("done" if rank == 0 else "shards_done", found, 0, num_shards)
     work = work_dir_for(out, inputs, num_shards)
     work.mkdir(parents=True, exist_ok=True)
-    shards = [[(i, f) for i, f in enumerate(files) if i % num_shards == s] for s in range(num_shards)]
+    shards = deal_shards(files, num_shards)
     runner = _ShardRunner(data, sources, cfg.seed)
     ran = 0
     for s in range(rank, num_shards, world):
