@@ -103,7 +103,8 @@ def check_stages(stages: Sequence[str]) -> List[str]:
         raise ConfigError("pipeline.stages is empty: name the stages to run, e.g. pipeline.stages=[prepare,cpt,eval]")
     for s in stages:
         if s not in STAGES:
-            raise ConfigError(f"pipeline.stages: unknown stage '{s}'{did_you_mean(s, STAGES)}; available: {', '.join(STAGES)}")
+            raise ConfigError(f"pipeline.stages: unknown stage '{s}'{did_you_mean(s, STAGES)}; "
+                              f"available: {', '.join(STAGES)}")
     dup = next((s for s in stages if stages.count(s) > 1), None)
     if dup:
         raise ConfigError(f"pipeline.stages: '{dup}' is listed twice; each stage runs once per run")
@@ -146,7 +147,8 @@ def split_argv(argv: Sequence[str]) -> Tuple[List[str], List[str], Dict[str, Lis
     stages = stages or default_stages()
     unused = [s for s in own if s not in stages]
     if unused:
-        raise ConfigError(f"pipeline.{unused[0]}.* is set but stage {unused[0]} is not in pipeline.stages=[{','.join(stages)}]")
+        raise ConfigError(f"pipeline.{unused[0]}.* is set but stage {unused[0]} is not in "
+                          f"pipeline.stages=[{','.join(stages)}]")
     return stages, shared, own, dry
 
 
@@ -304,7 +306,8 @@ def describe(pipeline: Pipeline) -> str:
              + " -> ".join(p.name for p in pipeline.stages)]
     for p in pipeline.stages:
         c = p.cfg
-        start = c.model.init_from_stage and f"from {c.model.init_from_stage}/final" or c.model.path and f"from {c.model.path}" or ""
+        start = f"from {c.model.init_from_stage}/final" if c.model.init_from_stage else \
+            f"from {c.model.path}" if c.model.path else ""
         what = "done: skipped" + p.note if p.finished else f"to run: {c.nodes} node(s) x {c.nproc} rank(s), " \
             f"time limit {c.time_limit_min} min" + (f", {start}" if start and p.name in MODEL_STAGES else "")
         lines.append(f"  {p.name:8s} {what}")

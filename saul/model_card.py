@@ -186,7 +186,8 @@ def _eval_section(scores: Optional[dict]) -> List[str]:
     if not scores:
         return ["", "## Evaluation", "", "Not evaluated yet (`stage=eval`)."]
     res, label, models = scores["res"], scores["label"], scores["all"]["models"]
-    lines = ["", "## Evaluation", "", f"As `{label}` in the run's evaluation, next to {', '.join(m for m in models if m != label) or 'no other model'}: "
+    others = ", ".join(m for m in models if m != label) or "no other model"
+    lines = ["", "## Evaluation", "", f"As `{label}` in the run's evaluation, next to {others}: "
              "balanced accuracy (%) on LegalBench-format tasks, accuracy (%) on MMLU legal subsets.", "",
              "| task | category | score | parse failures |", "|---|---|---:|---:|"]
     for task, s in (res.get("tasks") or {}).items():

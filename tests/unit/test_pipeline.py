@@ -117,6 +117,9 @@ def test_a_stage_that_starts_from_nothing_in_or_before_the_chain_is_refused(tmp_
 
 
 # ---------------------------------------------------------------- what a re-submission skips
+MANIFEST = json.dumps({"seq_len": 64, "vocab_size": 1000})  # what cpt's submit-time check reads
+
+
 def finish(runs, stage_argv, output_files, exit_code=0):
     """A stage as a finished run leaves it: frozen config.yaml, an attempt_end, its output."""
     cfg = compose(stage_argv).cfg
@@ -135,7 +138,7 @@ def test_finished_stages_are_skipped_and_the_rest_is_checked_against_their_outpu
     runs = tmp_path / "runs"
     args = base_args(runs, task)
     plan = pipeline.plan(args[1:])
-    finish(runs, plan.stages[0].argv, {runs / "r" / "data" / "manifest.json": json.dumps({"seq_len": 64, "vocab_size": 1000})})
+    finish(runs, plan.stages[0].argv, {runs / "r" / "data" / "manifest.json": MANIFEST})
     again = pipeline.plan(args[1:])
     assert [p.finished for p in again.stages] == [True, False, False]
     assert "prepare  done: skipped" in pipeline.describe(again)
@@ -155,7 +158,7 @@ def test_a_stage_whose_last_attempt_failed_is_not_finished(tmp_path, task):
 def test_a_changed_setting_a_started_stage_cannot_take_is_refused_before_any_stage_runs(tmp_path, task, capsys):
     runs = tmp_path / "runs"
     plan = pipeline.plan(base_args(runs, task)[1:])
-    finish(runs, plan.stages[0].argv, {runs / "r" / "data" / "manifest.json": json.dumps({"seq_len": 64, "vocab_size": 1000})})
+    finish(runs, plan.stages[0].argv, {runs / "r" / "data" / "manifest.json": MANIFEST})
     assert submit.main(base_args(runs, task, "seed=7")) == 2
     assert "stage prepare of run 'r' was started with seed=1234; this pipeline asks seed=7" in capsys.readouterr().err
     assert not (runs / "r" / "cpt").exists() and not (runs / "r" / "pipeline.json").exists()
@@ -164,7 +167,7 @@ def test_a_changed_setting_a_started_stage_cannot_take_is_refused_before_any_sta
 def test_a_finished_stage_with_a_changed_run_setting_says_it_is_not_applied(tmp_path, task):
     runs = tmp_path / "runs"
     plan = pipeline.plan(base_args(runs, task)[1:])
-    finish(runs, plan.stages[0].argv, {runs / "r" / "data" / "manifest.json": json.dumps({"seq_len": 64, "vocab_size": 1000})})
+    finish(runs, plan.stages[0].argv, {runs / "r" / "data" / "manifest.json": MANIFEST})
     text = pipeline.describe(pipeline.plan(base_args(runs, task, "pipeline.prepare.time_limit_min=7")[1:]))
     assert "prepare  done: skipped; changed settings not applied (time_limit_min): submit stage=prepare alone" in text
 
