@@ -56,6 +56,7 @@ class PlannedStage:
 class Pipeline:
     stages: List[PlannedStage] = field(default_factory=list)
     dry_run: bool = False
+    warnings: List[str] = field(default_factory=list)  # a dry run's would-be refusals
 
     @property
     def site(self):
@@ -256,10 +257,15 @@ def plan(argv: Sequence[str]) -> Pipeline:
             resolve_schedule_steps(p.cfg, load_frozen(p.rundir.config))
             p.finished = stage_finished(p.rundir, p.cfg)
             _frozen_check(p)
-            check_layout(p.cfg, p.rundir)
-            _check_start(p, pending)
-            if not p.finished and not inputs_pending(p, pending):
-                check_data(p.cfg, p.rundir)  # inputs from outside the chain, or from finished stages: there now
+            try:
+                check_layout(p.cfg, p.rundir)
+                _check_start(p, pending)
+                if not p.finished and not inputs_pending(p, pending):
+                    check_data(p.cfg, p.rundir)  # inputs from outside the chain, or from finished stages: there now
+            except ConfigError as exc:
+                if not dry:
+                    raise
+                pipeline.warnings.append(f"pipeline stage {name}: when run for real: {exc}")  # as submit's dry run
         except ConfigError as exc:
             raise ConfigError(f"pipeline stage {name}: {exc}") from None
         if pipeline.stages and p.cfg.run != pipeline.stages[0].cfg.run:
@@ -435,6 +441,8 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         pipeline = plan(argv)
+        for warning in pipeline.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(describe(pipeline), flush=True)
         if all(p.finished for p in pipeline.stages):
             print(f"pipeline: every stage of run {pipeline.stages[0].cfg.run} is finished; nothing to do")

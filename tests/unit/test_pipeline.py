@@ -187,3 +187,16 @@ def test_the_whole_recipe_plans_before_any_stage_has_run(tmp_path, task):
     assert [by_name[s].model.init_from_stage for s in ("cpt", "anneal", "ift", "dpo")] == ["", "cpt", "anneal", "ift"]
     assert list(by_name["eval"].eval.models) == ["base", "cpt", "anneal", "ift", "dpo"]
     assert not runs.exists()
+
+
+def test_a_dry_run_shows_every_stage_and_says_what_a_real_submit_would_refuse(tmp_path, task, capsys):
+    runs = tmp_path / "runs"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"seq_len": 128, "vocab_size": 1000}))
+    code = submit.main(base_args(runs, task, "pipeline.stages=[cpt,eval]", f"data.path={tmp_path / 'data'}",
+                                 "--dry-run"))
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "warning: pipeline stage cpt: when run for real: dataset" in err and "packed to seq_len=128" in err
+    assert "=== pipeline: stage cpt (1/2) ===" in out and "=== pipeline: stage eval (2/2) ===" in out
+    assert not runs.exists()
