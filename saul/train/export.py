@@ -167,6 +167,15 @@ def swap_in(root: Path) -> Path:
     return final
 
 
+TOKENIZER_EXTRA_FILES = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                         "vocab.json", "merges.txt")
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """A file of a tokenizer directory (tokenizers, transformers, sentencepiece), as opposed to a model's."""
+    return name.startswith("tokenizer") or name in TOKENIZER_EXTRA_FILES
+
+
 def export_final(model, root: Path, shard_gb: float, rank: int, world: int, tokenizer_dir: Optional[Path],
                  barrier: Callable[[], None], gather_objects: Callable[[object], list]) -> Path:
     """Collective. `root`: the stage directory; returns `root/final`."""
@@ -191,8 +200,10 @@ def export_final(model, root: Path, shard_gb: float, rank: int, world: int, toke
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         if tokenizer_dir is not None and tokenizer_dir.is_dir():
+            # The tokenizer often sits in the starting model's final/: take its tokenizer files only,
+            # never its weights, config or model card over the ones just written.
             for f in tokenizer_dir.iterdir():
-                if f.is_file():
+                if f.is_file() and is_tokenizer_file(f.name) and not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
         fsync_dir(tmp)
         swap_in(root)

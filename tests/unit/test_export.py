@@ -150,3 +150,22 @@ def test_the_swap_renames_in_that_order(tmp_path, monkeypatch):
     monkeypatch.setattr(export.os, "replace", real_replace)
     export.recover_final(tmp_path)
     assert (tmp_path / "final" / "config.json").read_text() == "old"
+
+
+def test_a_tokenizer_beside_the_starting_model_brings_its_tokenizer_files_and_never_its_weights(tmp_path):
+    """IFT/DPO take their tokenizer from the starting stage's final/: its weights, config and card stay there."""
+    start, stage = tmp_path / "cpt-final", tmp_path / "ift"
+    before = _tiny_model()
+    before.save_pretrained(start)
+    for name, text in {"tokenizer.json": "{}", "tokenizer_config.json": "{}", "special_tokens_map.json": "{}",
+                       "chat_template.jinja": "[INST]", "README.md": "cpt's model card"}.items():
+        (start / name).write_text(text)
+    trained = _tiny_model()
+    with torch.no_grad():
+        next(trained.parameters()).add_(1.0)  # the weights this stage "trained"
+    out = export.export_final(trained, stage, 5.0, 0, 1, start, _no_barrier, lambda x: [x])
+    written = _tensors(out / export.SINGLE_FILE)
+    assert any(not torch.equal(written[k], v) for k, v in _tensors(start / export.SINGLE_FILE).items())
+    assert sorted(p.name for p in out.iterdir() if export.is_tokenizer_file(p.name) or p.suffix == ".jinja") == [
+        "chat_template.jinja", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    assert not (out / "README.md").exists()
