@@ -124,7 +124,8 @@ def measure(label: str, root: Path, legal: str, tokenizer: str, out: Path) -> fl
         if step not in secs:
             continue
         n, s = docs_into(step, funnel), max(secs[step], 1e-9)
-        print(f"{step:34s} {n:6d} {s:7.2f} {n / s:9.0f} {n * per_token / s:11.0f} {n * per_token / s / ceiling_tps:9.2f}")
+        tps = n * per_token / s
+        print(f"{step:34s} {n:6d} {s:7.2f} {n / s:9.0f} {tps:11.0f} {tps / ceiling_tps:9.2f}")
     unclocked = per_doc - sum(secs.get(s, 0.0) for s in PER_DOC_STEPS)
     print(f"{'listing, fingerprints, bookkeeping':34s} {'':6s} {unclocked:7.2f}")
     for fmt in sorted(f for f in fmt_seconds if fmt_docs[f]):
