@@ -26,7 +26,7 @@ from tests.integration import e2e
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container]
 
-STEPS = 12
+STEPS = 24  # long enough that a kill after the first checkpoint lands mid-training
 COMMON = ["stage=cpt", "model=tiny-mixtral", f"train.max_steps={STEPS}", "checkpoint.every_steps=4",
           "checkpoint.keep_last=3", "train.log_every=1", "train.threads_per_rank=1", "optim.lr=1e-3",
           "energy.interval_s=0.5", "site=local-slurm", "nodes=2"]
@@ -182,22 +182,24 @@ def test_outputs_land_on_the_bound_run_directory_and_the_ledger_records_the_imag
     assert start["world_size"] == 2 and start["nodes"] == 2
 
 
-# slow: a Slurm requeue (~15-30 s here) and a second start; the fast tests above cover starting in the image and
-# tests/integration/test_faults_slurm.py the same recovery on the host (`make test-slow` and `make test-container`).
-@pytest.mark.slow
 def test_a_killed_rank_inside_the_image_resumes_to_the_clean_runs_losses(slurm_cluster, packed_data, cpu_image,
                                                                         clean_run, tmp_path):
     runs = tmp_path / "runs"
     submit(slurm_cluster, runs, packed_data, "kill", cpu_image)
     stage = runs / "kill" / "cpt"
     deadline = time.time() + 300
-    while not any(r["step"] >= 6 for r in e2e.step_records(stage / "metrics.jsonl")):
-        assert time.time() < deadline and not finished(stage), "the run did not reach step 6"
+    while not any(r["step"] >= 5 for r in e2e.step_records(stage / "metrics.jsonl")):  # checkpoint 4 is written
+        assert time.time() < deadline and not finished(stage), "the run did not reach step 5"
         time.sleep(0.1)
     (victim,) = [p for kind, ident, p in contained(stage) if kind == "rank" and ident == "1"]
     os.kill(victim.pid, signal.SIGKILL)
+    killed_at = max(r["step"] for r in e2e.step_records(stage / "metrics.jsonl"))
+    assert killed_at < STEPS - 1, f"the kill came too late (step {killed_at}) to test a resume"
     ends = wait_until_finished(stage)
-    assert ends[0]["class"] == "crash" and ends[0]["action"] == "requeue"
+    # the crash is recovered within the job (the ranks' step relaunched) or by a requeue: either is recorded
+    crashes = [r for r in e2e.records(stage / "ledger.jsonl")
+               if r["event"] in ("step_restart", "job_end") and r.get("class") == "crash"]
+    assert crashes and crashes[0]["action"] in ("relaunch", "requeue"), e2e.records(stage / "ledger.jsonl")
     assert ends[-1]["class"] == "done"
 
     clean = e2e.by_step(clean_run["stage"] / "metrics.jsonl")
