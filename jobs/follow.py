@@ -31,7 +31,7 @@ class Follower:
             fh.seek(offset)
             data = fh.read()
         complete = data.rsplit(b"\n", 1)[0] + b"\n" if b"\n" in data else b""
-        return offset + len(complete), complete.decode(errors="replace").splitlines()
+        return offset + len(complete), complete.decode("utf-8", errors="replace").split("\n")[:-1]  # JSONL ends records at \n only
 
     def tick(self) -> None:
         self._log_offset, lines = self._new_lines(self.log_path, self._log_offset)

@@ -143,7 +143,7 @@ def read_site(stage_dir: Path) -> dict:
     """{'name', 'gpus_per_node', 'country_iso_code'} from config.yaml; defaults when absent."""
     site = {}
     try:
-        site = (yaml.safe_load((stage_dir / "config.yaml").read_text()) or {}).get("site") or {}
+        site = (yaml.safe_load((stage_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("site") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         pass
     return {"name": str(site.get("name", "")), "gpus_per_node": int(site.get("gpus_per_node") or 0),

@@ -24,7 +24,7 @@ GIT_TIMEOUT_S = 10.0
 
 def read_stamp(path: Optional[Path] = None) -> Optional[dict]:
     try:
-        stamp = json.loads(Path(path or IMAGE_STAMP).read_text())
+        stamp = json.loads(Path(path or IMAGE_STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return stamp if isinstance(stamp, dict) else None

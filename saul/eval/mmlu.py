@@ -77,7 +77,7 @@ def _read_csv(path: Path) -> List[Question]:
 
 def _read_jsonl(path: Path) -> List[Question]:
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")):
         if not line.strip():
             continue
         where = f"{path} line {n + 1}"

@@ -28,7 +28,7 @@ def done_path(root: Path, model: str, task: str) -> Path:
 
 def read_done(root: Path, model: str, task: str) -> Optional[dict]:
     try:
-        return json.loads(done_path(root, model, task).read_text())
+        return json.loads(done_path(root, model, task).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -50,6 +50,6 @@ class Heartbeat:
 
 def read(directory: Path):
     try:
-        return json.loads((directory / "rank0.json").read_text())
+        return json.loads((directory / "rank0.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
