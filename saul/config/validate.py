@@ -124,6 +124,7 @@ def _validate_prepare(cfg) -> None:
         raise ConfigError(f"data.max_perplexity={d.max_perplexity} is out of range: it must be > 0")
     for key in ("min_words", "num_shards"):
         _positive(cfg, f"data.{key}", allow_zero=True)
+    _positive(cfg, "data.num_documents")  # the synthetic source's size: 0 documents would pack nothing
     if d.minhash_ngram <= 0 or d.minhash_bands <= 0 or d.minhash_rows <= 0 or d.minhash_bands * d.minhash_rows > 256:
         raise ConfigError(f"data.minhash_bands x data.minhash_rows = {d.minhash_bands} x {d.minhash_rows} must be "
                           f"positive and at most the 256 permutations (and minhash_ngram > 0)")

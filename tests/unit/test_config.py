@@ -103,6 +103,11 @@ def test_bad_input_is_one_clear_line(override, message):
     assert "\n" not in text
 
 
+def test_prepare_refuses_an_empty_synthetic_corpus_before_submit():
+    with pytest.raises(ConfigError, match=r"data.num_documents=0 is out of range: it must be > 0"):
+        cfg_of("stage=prepare", "model=tiny-mixtral", "data.num_documents=0")
+
+
 def test_a_model_that_cannot_fit_is_refused_before_submit():
     with pytest.raises(ConfigError, match="needs ~747 GB .* use model=tiny-mixtral"):
         cfg_of("stage=cpt", "model=mixtral-8x7b")
