@@ -155,3 +155,14 @@ def test_local_has_no_scheduler():
 def test_cluster_names_are_unique_for_auto_detection():
     names = [str(_load(p).cluster_name).lower() for p in SITE_FILES if _load(p).cluster_name]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("name", ["adastra", "lumi"])
+def test_the_image_path_resolves_on_the_login_node_from_what_a_user_exports_there(name, tmp_path):
+    """The image is checked at submit, on the login node: its path may only use variables set there
+    (not Slurm's job variables, which exist only inside the job)."""
+    from jobs.slurm_launcher import image_path
+
+    env = {"SAUL_ACCOUNT": "project_465000000", "WORKDIR": str(tmp_path)}
+    resolved = image_path(_site(name), env, must_exist=False)
+    assert "$" not in resolved and resolved.endswith("saul-rocm.sif")
