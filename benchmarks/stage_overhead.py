@@ -2,7 +2,8 @@
 
     python benchmarks/stage_overhead.py [--stages cpt,ift,dpo] [--steps 40] [--repeats 3]
 
-For each stage, both run in this process, one after the other, repeated and interleaved: the tiny
+For each stage, both run in this process, repeated and interleaved (who goes first alternates, and
+garbage is collected before each timed window, so one run's model is not freed in the other's): the tiny
 Mixtral, one rank, AdamW, the tiny preset's sizes for that stage. "Ours" is StepLoop.train() with
 the stage's own StepWork (sampler, heartbeat, stop vote, the figures' all-reduce, metrics.jsonl,
 LR schedule, grad clipping; no checkpoint inside the timed window); "bare" is forward, loss,
@@ -14,6 +15,7 @@ Prints milliseconds per step for each and the ratio ours/bare (best of the repea
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -64,6 +66,7 @@ def run_ours(stage: str, cfg, root: Path):
     loop = build_loop(stage, cfg, root)
     loop.export_final = lambda: None  # not part of a training step
     loop.save = lambda: 0.0  # only the max_steps checkpoint would fall in the window
+    gc.collect()  # the previous run's model is garbage: not collected inside this window
     t0 = time.perf_counter()
     loop.train()
     return (time.perf_counter() - t0) / cfg.train.max_steps, loop.work
@@ -82,6 +85,7 @@ def run_bare(stage: str, cfg, work) -> float:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, t.max_steps))
     global_batch = t.micro_batch * t.grad_accum
     plan = [global_batch_ids(s * global_batch, global_batch, len(work.dataset), cfg.seed) for s in range(t.max_steps)]
+    gc.collect()
     t0 = time.perf_counter()
     for ids in plan:
         for micro in rank_slice(ids, 0, 1, t.micro_batch, t.grad_accum):
@@ -119,10 +123,13 @@ def main() -> None:
         for stage in args.stages.split(","):
             cfg = config(stage, root, data, args.steps)
             ours, bare = [], []
-            for _ in range(args.repeats):
+            for k in range(args.repeats):  # alternate who goes first: no order advantage
+                if k % 2:
+                    bare.append(run_bare(stage, cfg, work))
                 seconds, work = run_ours(stage, cfg, root)
                 ours.append(seconds)
-                bare.append(run_bare(stage, cfg, work))
+                if k % 2 == 0:
+                    bare.append(run_bare(stage, cfg, work))
             b, o = min(bare), min(ours)
             t = cfg.train
             print(f"{stage}: tiny-mixtral, 1 rank, {t.micro_batch}x{t.grad_accum} x {t.seq_len} tokens, "
