@@ -13,7 +13,10 @@ same fault schedule, one variant after the other:
       resubmitted by a loop when a job fails;
   (c) this toolkit with resilience.in_job_restart=false: every crash goes through a Slurm requeue.
 Every `--fault-every-s` seconds of training (wall time since the running attempt's first step) a
-random rank gets SIGKILL, found the way tests/integration/test_faults_slurm.py finds it. Prints each
+random rank gets SIGKILL, found the way tests/integration/test_faults_slurm.py finds it; fault
+number `--node-down` (default 2) sets rank 1's node DOWN instead (a node failure: (a) holds one
+spare node, resilience.spare_nodes=1, and swaps it in; (b) and (c) go through Slurm's requeue);
+the node comes back when the variant ends. Prints each
 run's goodput (monitoring/goodput.py) side by side, the comparison table (effective training time,
 median recovery = kill -> the next attempt's first step, lost work) and one line per fault.
 
@@ -62,6 +65,7 @@ class Fault:
     step: int  # the newest logged step when it hit
     rank: int
     pid: int
+    kind: str = "SIGKILL"  # or "node DOWN": the rank's node set DOWN in Slurm (scontrol)
 
 
 class BenchmarkError(RuntimeError):
@@ -150,9 +154,12 @@ def rank_processes(stage: Path) -> Dict[int, psutil.Process]:
 class FaultInjector:
     """Kill a random rank once the running attempt has trained `every_s` seconds, until the stage ends."""
 
-    def __init__(self, stage: Path, every_s: float, max_steps: int, rng: random.Random):
+    def __init__(self, stage: Path, every_s: float, max_steps: int, rng: random.Random,
+                 cluster: Optional[LocalSlurmCluster] = None, node_down_fault: int = 0):
         self.stage, self.every_s, self.max_steps, self.rng = stage, every_s, max_steps, rng
+        self.cluster, self.node_down_fault = cluster, node_down_fault
         self.faults: List[Fault] = []
+        self.downed: List[str] = []
 
     def _running_attempt(self):
         """(attempt, time of its first step record, newest step) of the newest attempt that has stepped."""
@@ -164,6 +171,29 @@ class FaultInjector:
         return attempt, min(r["time"] for r in mine), max(r["step"] for r in mine)
 
     def run(self, timeout_s: float) -> None:
+        try:
+            self._inject(timeout_s)
+        finally:  # the next variant gets the whole cluster back
+            for node in self.downed:
+                self.cluster.set_node_state(node, "resume")
+
+    def _node_down(self, ranks: Dict[int, psutil.Process], attempt: int, step: int) -> bool:
+        """Set the node of rank 1 (not the batch host: losing that ends any job) DOWN, as a node failure."""
+        proc = ranks.get(1)
+        try:
+            node = proc.environ()["SLURMD_NODENAME"] if proc is not None else None
+        except (psutil.NoSuchProcess, KeyError):
+            node = None
+        if node is None:
+            return False
+        self.cluster.set_node_state(node, "down", reason="benchmark fault injection")
+        self.downed.append(node)
+        self.faults.append(Fault(len(self.faults) + 1, time.time(), attempt, step, 1, proc.pid, "node DOWN"))
+        print(f"  fault {len(self.faults)}: node {node} (rank 1) set DOWN during attempt {attempt} at step "
+              f"{step}/{self.max_steps}", flush=True)
+        return True
+
+    def _inject(self, timeout_s: float) -> None:
         deadline = time.time() + timeout_s
         while time.time() < deadline and finished(self.stage) is None:
             time.sleep(0.5)
@@ -179,6 +209,9 @@ class FaultInjector:
             ranks = rank_processes(self.stage)
             if not ranks:
                 continue  # between attempts (or the last one finishing): look again
+            if len(self.faults) + 1 == self.node_down_fault and self.cluster is not None:
+                self._node_down(ranks, attempt, step)
+                continue
             rank = self.rng.choice(sorted(ranks))
             try:
                 ranks[rank].send_signal(signal.SIGKILL)
@@ -275,7 +308,8 @@ def fault_lines(stage: goodput.StageGoodput, faults: List[Fault], ledger_records
             split = (f" ({verdict - a.end:.1f} s to after_job's verdict + {nxt.start - verdict:.1f} s requeue "
                      "and launch)")
         lines.append(
-            f"  fault {f.number}: rank {f.rank} killed at step {f.step} (attempt {a.attempt}, "
+            f"  fault {f.number}: {f'rank {f.rank} killed' if f.kind == 'SIGKILL' else f'rank {f.rank} node DOWN'} "
+            f"at step {f.step} (attempt {a.attempt}, "
             f"{f.time - a.start:.0f} s into it) -> ended {a.end_class}; redone {a.redone_steps} steps "
             f"({_f(a.redone_s)} s); recovery {_f(a.recovery_after_s)} s = gap {_f(a.gap_after_s)} s{split} "
             f"+ start-up {_f(startup)} s")
@@ -290,6 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which rank dies each time")
     parser.add_argument("--skip-clean", action="store_true", help="only the run with faults")
     parser.add_argument("--keep", type=Path, help="keep the run directories (and goodput reports) here")
+    parser.add_argument("--node-down", type=int, default=2, help="which fault sets a node DOWN instead of a "
+                        "SIGKILL (the node of rank 1; 0: none); (a) holds one spare node for it")
     parser.add_argument("--variants", default="abc", help="which of a (toolkit), b (plain submitit), "
                         "c (toolkit, in-job restart off) to run, in this order")
     args = parser.parse_args(argv)
@@ -320,9 +356,11 @@ def main(argv=None) -> int:
             if name == "b":
                 stages[name], loop = start_plain_submitit(cluster, runs_root, name, data, args.steps, args.every_steps)
             else:
-                extra = ["resilience.in_job_restart=false"] if name == "c" else []
+                extra = {"a": ["resilience.spare_nodes=1"] if args.node_down else [],
+                         "c": ["resilience.in_job_restart=false"]}[name]
                 stages[name] = submit_cpt(cluster, runs_root, name, data, args.steps, args.every_steps, *extra)
-            injector = FaultInjector(stages[name], args.fault_every_s, args.steps, random.Random(args.seed))
+            injector = FaultInjector(stages[name], args.fault_every_s, args.steps, random.Random(args.seed), cluster,
+                                     args.node_down)
             injectors[name] = injector
             injector.run(budget_s + 120 * (args.steps * SECONDS_PER_STEP_GUESS / args.fault_every_s))
             if name == "b" and loop.error:

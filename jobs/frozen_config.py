@@ -93,9 +93,9 @@ def check_layout(cfg, rundir) -> None:
     ZeRO-3 checkpoints hold one shard set per rank: only the same world size loads them. DDP checkpoints
     load on any world size, but the global batch (micro_batch x grad_accum x ranks) must stay: it fixes
     the data order (saul.train.checkpoint.check_resumable), and micro_batch and grad_accum are fixed
-    keys, so a DDP checkpoint pins the world size too, unless resilience.allow_shrink=true: then fewer
-    ranks resume it with the grad_accum that keeps its global batch (saul.train.checkpoint.shrunk_grad_accum,
-    which the ranks apply), where the global batch divides by micro_batch x ranks."""
+    keys, so a DDP checkpoint pins the world size too, unless resilience.allow_shrink=true: then another
+    number of ranks resumes it with the grad_accum that keeps its global batch (saul.train.checkpoint.
+    shrunk_grad_accum, which the ranks apply), where the global batch divides by micro_batch x ranks."""
     found = newest_state(rundir.checkpoints)
     if found is None:
         return
@@ -130,7 +130,7 @@ def check_layout(cfg, rundir) -> None:
             f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} was made with a global batch of "
             f"{state['global_batch']} sequences and {asked}, a global batch of {t.micro_batch} x {t.grad_accum} x "
             f"{world} = {global_batch}: the data order would change; {way_out}"
-            + ("" if world > old_world else "; or resume on fewer ranks with resilience.allow_shrink=true (DDP)")
+            + "; or keep the global batch on this layout with resilience.allow_shrink=true (DDP)"
         )
 
 

@@ -159,28 +159,41 @@ def restart_loop_head() -> List[str]:
     ]
 
 
+def step_node_counts(cfg) -> List[int]:
+    """How many nodes the ranks' step may run on, best first: `nodes`, then, with resilience.allow_shrink (DDP),
+    every smaller count whose ranks keep the global batch with a whole grad_accum (saul.train.checkpoint).
+    Empty: the ranks run on the whole allocation, as Slurm placed them (no spares, no shrink)."""
+    r, n = cfg.resilience, int(cfg.nodes)
+    if not r.spare_nodes and not r.allow_shrink:
+        return []
+    if not r.allow_shrink or cfg.parallel == "zero3":
+        return [n]
+    return [c for c in range(n, 0, -1) if (int(cfg.train.grad_accum) * n) % c == 0]
+
+
 def spare_lines(cfg, rundir: RunDir) -> List[str]:
-    """With spare nodes (resilience.spare_nodes=K, the job holds nodes + K): pick the `nodes` healthy nodes of
-    this pass (saul.resilience.spares writes the file the ranks' srun --nodelist reads and records a swap) and
-    make the ranks see their own node count (submitit reads SLURM_JOB_NUM_NODES; srun takes it as --nodes)."""
-    if not cfg.resilience.spare_nodes:
+    """With spare nodes (resilience.spare_nodes=K: the job holds nodes + K) or allow_shrink: pick this launch's
+    healthy nodes (saul.resilience.spares writes the file the ranks' srun --nodelist reads, and records a
+    swap or a shrink) and tell srun and the ranks how many (srun reads SLURM_JOB_NUM_NODES and SLURM_NTASKS
+    as --nodes and --ntasks; submitit's ranks read them too)."""
+    counts = step_node_counts(cfg)
+    if not counts:
         return []
     return [
-        f"export SLURM_JOB_NUM_NODES={int(cfg.nodes)}",
-        f'MASTER_ADDR=$({HOST_PYTHON} -m saul.resilience.spares {shlex.quote(str(rundir.root))} --nodes {int(cfg.nodes)}) '
-        "|| { saul_rc=1; break; }",
-        "export MASTER_ADDR",
+        f'saul_pick=$({HOST_PYTHON} -m saul.resilience.spares {shlex.quote(str(rundir.root))} '
+        f'--node-counts {",".join(map(str, counts))}) || {{ saul_rc=1; break; }}',
+        'export MASTER_ADDR="${saul_pick% *}" SLURM_JOB_NUM_NODES="${saul_pick#* }"',
+        f"export SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * {int(cfg.nproc)}))",
     ]
 
 
 def spare_srun_args(cfg, rundir: RunDir) -> List[str]:
-    """The ranks' step on `nodes` of the nodes + K: a --nodelist with a '/' is a host file to srun."""
-    if not cfg.resilience.spare_nodes:
+    """The ranks' step on the picked nodes: a --nodelist with a '/' is a host file to srun."""
+    if not step_node_counts(cfg):
         return []
     from saul.resilience.spares import step_nodes_path
 
-    return [f"--nodes={int(cfg.nodes)}", f"--ntasks={int(cfg.nodes) * int(cfg.nproc)}",
-            f"--nodelist={step_nodes_path(rundir.root)}"]
+    return [f"--nodelist={step_nodes_path(rundir.root)}"]
 
 
 def port_lines() -> List[str]:
@@ -214,7 +227,8 @@ def teardown_lines(cfg, rundir: RunDir) -> List[str]:
              f"{HOST_PYTHON} -m saul.resilience.step_restart {root} $saul_rc --step $saul_step "
              f"--min-time-left {min_time_left_s(cfg)} --step-started $saul_step_started"
              + ("" if r.in_job_restart else " --off")
-             + (f" --nodes {int(cfg.nodes)} --spare-nodes {int(r.spare_nodes)}" if r.spare_nodes else "") + " || break",
+             + (f" --node-counts {','.join(map(str, step_node_counts(cfg)))}" if step_node_counts(cfg) else "")
+             + " || break",
              "saul_step=$((saul_step + 1))",
              "done"]
     if cfg.energy.enabled:
@@ -282,7 +296,7 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         raise ConfigError(f"resilience.spare_nodes={spares} is out of range: it must be >= 0 (extra nodes held to "
                           "replace a failed one)")
     additional: Dict[str, object] = {"requeue": True, **sbatch_extra_parameters(site.sbatch_extra)}
-    if spares:  # a failed node leaves the allocation instead of ending the job: the batch script swaps it
+    if step_node_counts(cfg):  # a failed node leaves the allocation instead of ending the job: swap or shrink
         additional["no_kill"] = True
     if site.env_passthrough:  # names only: sbatch takes their values from the submitting environment
         additional["export"] = ",".join(["ALL", *site.env_passthrough])

@@ -130,7 +130,7 @@ class StageGoodput:
     log_every: Optional[int] = None
     notes: List[str] = field(default_factory=list)
     in_job_restarts: int = 0  # relaunches of the ranks inside the allocation (step_restart records)
-    swaps: List[dict] = field(default_factory=list)  # node_swap records: a failed node replaced by a spare
+    swaps: List[dict] = field(default_factory=list)  # node_swap (a spare came in) and shrink (fewer nodes) records
 
     # --- time ---------------------------------------------------------------------------------
     @property
@@ -311,7 +311,7 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
     result.max_steps = _config_int(config, "train", "max_steps")
     result.log_every = _config_int(config, "train", "log_every")
     result.in_job_restarts = sum(1 for r in records if r.get("event") == "step_restart")
-    result.swaps = [r for r in records if r.get("event") == "node_swap"]
+    result.swaps = [r for r in records if r.get("event") in ("node_swap", "shrink")]
     starts: Dict[int, dict] = {}
     for r in records:
         if r.get("event") == "attempt_start" and isinstance(r.get("attempt"), int) and _number(r.get("time")):
@@ -545,11 +545,15 @@ def recovery_phase_line(s: StageGoodput) -> str:
 
 
 def allocation_line(s: StageGoodput) -> str:
-    """What was recovered without going back to Slurm: in-job restarts, and the node swaps among them."""
-    swaps = "; ".join(f"{','.join(r.get('failed') or []) or '?'} -> {','.join(r.get('replacements') or []) or '?'}"
+    """What was recovered without going back to Slurm: in-job restarts, and the node swaps and shrinks among them."""
+    swaps = [r for r in s.swaps if r.get("event") == "node_swap"]
+    shrinks = [r for r in s.swaps if r.get("event") == "shrink"]
+    moves = "; ".join(f"{','.join(r.get('failed') or []) or '?'} -> "
+                      f"{','.join(r.get('replacements') or []) or 'none'}"
+                      + (f" (on {len(r.get('nodes_after') or [])} node(s))" if r.get("event") == "shrink" else "")
                       for r in s.swaps)
-    return (f"inside the allocation: {s.in_job_restarts} in-job restart(s), {len(s.swaps)} node swap(s)"
-            + (f" ({swaps})" if swaps else ""))
+    return (f"inside the allocation: {s.in_job_restarts} in-job restart(s), {len(swaps)} node swap(s), "
+            f"{len(shrinks)} shrink(s)" + (f" ({moves})" if moves else ""))
 
 
 def summary_lines(s: StageGoodput) -> List[str]:

@@ -1,17 +1,20 @@
-"""Spare nodes: the job holds `nodes + K` nodes (sbatch --no-kill) and runs the ranks on `nodes` healthy ones.
+"""Spare nodes and shrinking: the job holds `nodes + K` nodes (sbatch --no-kill) and runs the ranks on
+`nodes` healthy ones, or on fewer when none is left and resilience.allow_shrink lets it.
 
-    python3 -m saul.resilience.spares <stage_dir> --nodes N
+    python3 -m saul.resilience.spares <stage_dir> --node-counts N[,M,...]
 
 Run by the batch script at the top of every pass of its restart loop (jobs/slurm_launcher.py),
-before the ranks' `srun`. It picks the `N` nodes the ranks' step runs on: nodes still in the
-job's allocation (Slurm drops a failed node from a --no-kill job), in service (sinfo), and not
-excluded by this run's ledger, in allocation order, so the batch host (the first node, where the
-rendezvous port is chosen) stays the ranks' first node. It writes them, one per line, to the
-file the ranks' `srun --nodelist=<file>` reads (a path with a '/' is a host file to srun), and
-prints the first node's address (MASTER_ADDR). When the set changed since the previous pass of
-this job, one `node_swap` record says which node left and which spare came in.
+before the ranks' `srun`. It picks the nodes the ranks' step runs on: the first of the allowed
+counts (best first: `nodes`, then the smaller ones that keep the global batch) that the usable
+nodes cover. Usable: still in the job's allocation (Slurm drops a failed node from a --no-kill
+job), in service (sinfo), not excluded by this run's ledger; taken in allocation order, so the
+batch host (the first node, where the rendezvous port is chosen) stays the ranks' first node. It
+writes them, one per line, to the file the ranks' `srun --nodelist=<file>` reads (a path with a
+'/' is a host file to srun), and prints "<first node's address> <count>" (MASTER_ADDR and the
+ranks' node count). When the set changed since the previous pass of this job, one record says
+how: `node_swap` (a spare came in) or `shrink` (fewer nodes; the ranks resume elastically).
 
-Exit 0: picked; exit 1: fewer than N usable nodes are left (the job goes back to Slurm).
+Exit 0: picked; exit 1: fewer usable nodes than the smallest count (the job goes back to Slurm).
 Standard library only (Python >= 3.8, the batch host's python3).
 """
 from __future__ import annotations
@@ -76,8 +79,18 @@ def node_address(node: str) -> str:
     return match.group(1) if match else node
 
 
+def pick_count(allocation: List[str], out_of_service: Iterable[str], excluded: Iterable[str],
+               counts: List[int]) -> Optional[List[str]]:
+    """The nodes for the first (largest) allowed count the usable nodes cover, or None."""
+    for n in counts:
+        chosen = pick(allocation, out_of_service, excluded, n)
+        if chosen is not None:
+            return chosen
+    return None
+
+
 def swap_record(job_id: str, before: List[str], after: List[str], spares_left: int, launch: int) -> dict:
-    return {"event": "node_swap", "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+    return {"event": "node_swap" if len(after) >= len(before) else "shrink", "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
             "step_restart": launch, "failed": [n for n in before if n not in after],
             "replacements": [n for n in after if n not in before], "nodes_before": before, "nodes_after": after,
             "spares_left": spares_left, "time": time.time()}
@@ -88,28 +101,29 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python3 -m saul.resilience.spares")
     parser.add_argument("stage_dir", type=Path)
-    parser.add_argument("--nodes", type=int, required=True, help="nodes the ranks' step runs on")
+    parser.add_argument("--node-counts", required=True, help="node counts the ranks may run on, best first: 2,1")
     args = parser.parse_args(argv)
+    counts = [int(c) for c in args.node_counts.split(",")]
     job_id = os.environ.get("SLURM_JOB_ID", "")
     launch = int(os.environ.get("SAUL_STEP_RESTART", "0"))
     path = args.stage_dir / "ledger.jsonl"
     allocation = current_allocation(job_id)
     bad = unhealthy(allocation)
     excluded = excluded_nodes(path, int(os.environ.get("SAUL_MAX_EXCLUDED_NODES", "16")))
-    chosen = pick(allocation, bad, excluded, args.nodes)
+    chosen = pick_count(allocation, bad, excluded, counts)
     if chosen is None:
         print(f"error: spares: {usable_count(allocation, bad, excluded)} usable node(s) left in this allocation "
               f"({','.join(allocation) or 'none'}; out of service: {','.join(sorted(bad)) or 'none'}; excluded: "
-              f"{','.join(excluded) or 'none'}), the ranks need {args.nodes}", file=sys.stderr, flush=True)
+              f"{','.join(excluded) or 'none'}), the ranks need {counts[-1]}", file=sys.stderr, flush=True)
         return 1
     before = read_step_nodes(args.stage_dir) if launch > 0 else []
     write_text_atomic(step_nodes_path(args.stage_dir), "\n".join(chosen) + "\n")
     if before and before != chosen:
-        spares_left = usable_count(allocation, bad, excluded) - args.nodes
+        spares_left = usable_count(allocation, bad, excluded) - len(chosen)
         ledger.append(path, swap_record(job_id, before, chosen, spares_left, launch))
         print(f"spares: ranks move from {','.join(before)} to {','.join(chosen)} ({spares_left} spare(s) left)",
               file=sys.stderr, flush=True)
-    print(node_address(chosen[0]), flush=True)
+    print(node_address(chosen[0]), len(chosen), flush=True)
     return 0
 
 

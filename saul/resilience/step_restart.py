@@ -11,7 +11,8 @@ back to Slurm (after_job: requeue or stop) only when:
   - the ranks finished, stopped on request (time limit, preemption) or refused their input;
   - the failure budget is spent (the same count after_job keeps: crashes in a row without a new
     checkpoint, in-job restarts included);
-  - a node of the allocation is out of service (Slurm's view) and no healthy spare is left;
+  - a node of the allocation is out of service (Slurm's view) and neither a healthy spare nor, with
+    resilience.allow_shrink, a smaller node count is left (saul.resilience.spares);
   - less than `--min-time-left` seconds of the job's time limit remain;
   - the user cancelled the run, or in-job restart is switched off (resilience.in_job_restart=false).
 
@@ -63,7 +64,7 @@ def decide_in_job(code: int, hung: bool, history: List[dict], checkpoint_step: i
                   was_cancelled: bool, spare_ready: bool = False) -> Tuple[bool, str]:
     """(relaunch here?, why): the pure decision, every input already gathered. `lost_nodes`: the ranks'
     nodes Slurm took out of service; `spare_ready`: enough usable nodes remain in the allocation to
-    replace them (resilience.spare_nodes). A node failure is the hardware's, not the run's: a swap
+    run on (resilience.spare_nodes: a spare; resilience.allow_shrink: fewer nodes). A node failure is the hardware's, not the run's: a swap
     does not spend the failure budget (as a Slurm NODE_FAIL requeue does not)."""
     kind = "hang" if hung and code != 0 else classify(code)
     if kind not in ("crash", "hang"):
@@ -73,7 +74,7 @@ def decide_in_job(code: int, hung: bool, history: List[dict], checkpoint_step: i
     if was_cancelled:
         return False, "cancelled by the user"
     if lost_nodes and spare_ready:
-        why = f"node(s) {','.join(lost_nodes)} out of service: relaunching on a spare node of this allocation"
+        why = f"node(s) {','.join(lost_nodes)} out of service: relaunching on the healthy nodes of this allocation"
     else:
         action, why = decide(code, history, checkpoint_step, budget, hung)
         if action != "requeue":
@@ -100,7 +101,7 @@ def lost_allocation_nodes(nodes: List[str]) -> List[str]:
 
 
 def spare_view(stage_dir: Path, path: Path, job_id: str, need: int) -> Tuple[Dict[str, str], bool, Dict[str, str]]:
-    """(the ranks' nodes out of service -> why, enough usable nodes left to replace them?, other lost nodes)."""
+    """(the ranks' nodes out of service -> why, enough usable nodes left to run on?, other lost nodes)."""
     from saul.resilience.before_job import unhealthy
 
     allocation = current_allocation(job_id)
@@ -122,8 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time-left", type=float, default=0.0, help="seconds of the time limit a relaunch needs")
     parser.add_argument("--step-started", type=float, default=None, help="when this ranks' step was launched (epoch s)")
     parser.add_argument("--off", action="store_true", help="never relaunch here (resilience.in_job_restart=false)")
-    parser.add_argument("--nodes", type=int, default=0, help="nodes the ranks' step runs on (with --spare-nodes)")
-    parser.add_argument("--spare-nodes", type=int, default=0, help="extra nodes held to replace a failed one")
+    parser.add_argument("--node-counts", default="", help="node counts the ranks may run on, best first "
+                        "(spare nodes, allow_shrink: saul.resilience.spares)")
     args = parser.parse_args(argv)
     returned = time.time()  # srun returned just before this process started
     path = args.stage_dir / "ledger.jsonl"
@@ -134,8 +135,9 @@ def main(argv=None) -> int:
     kind = "hang" if hung and args.exit_code != 0 else classify(args.exit_code)
     failed = kind in ("crash", "hang") and not args.off
     spare_ready, to_exclude = False, {}
-    if args.spare_nodes > 0 and failed:
-        lost_why, spare_ready, lost_spares = spare_view(args.stage_dir, path, job_id, args.nodes)
+    if args.node_counts and failed:
+        need = min(int(c) for c in args.node_counts.split(","))
+        lost_why, spare_ready, lost_spares = spare_view(args.stage_dir, path, job_id, need)
         lost = sorted(lost_why)
         # A failed node is excluded for the rest of this run, whether the ranks or only a spare stood on it.
         to_exclude = {**lost_spares, **{n: w for n, w in lost_why.items() if n not in excluded_nodes(path, 10 ** 6)}}

@@ -178,16 +178,15 @@ def shrunk_grad_accum(state: dict, micro_batch: int, grad_accum: int, world: int
     """Elastic resume (resilience.allow_shrink): the grad_accum that keeps the checkpoint's global batch, and with
     it the exact sample order, on `world` ranks; (None, why) where that cannot be done.
 
-    DDP only: its checkpoint holds the whole model and optimizer (rank 0's files) and one RNG state per rank,
-    so fewer ranks load it as is. ZeRO-3 holds one shard set per rank (resharding is not supported yet);
-    more ranks would lack RNG states."""
+    DDP only: its checkpoint holds the whole model and optimizer (rank 0's files), so any world size loads
+    it: fewer ranks after a node loss, and the configured size again after a requeue (a rank the checkpoint
+    had no RNG state for keeps its seeded one: saul.train.engine). ZeRO-3 holds one shard set per rank
+    (resharding is not supported yet)."""
     old_world, global_batch = state.get("world_size"), state.get("global_batch")
     if old_world is None or old_world == world or global_batch is None:
         return grad_accum, ""
     if parallel == "zero3" or state.get("parallel") == "zero3":
         return None, f"ZeRO-3 shards for {old_world} ranks resume only on {old_world} ranks"
-    if world > old_world:
-        return None, f"a checkpoint of {old_world} ranks resumes on fewer ranks only, not {world}"
     if global_batch % (micro_batch * world):
         return None, (f"its global batch of {global_batch} sequences is not a multiple of micro_batch x ranks = "
                       f"{micro_batch} x {world}")

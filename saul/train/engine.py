@@ -110,7 +110,11 @@ class DDPEngine:
         self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
         self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=False))
         self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
-        set_rng_state(torch.load(directory / f"rng-rank{rank:05d}.pt", weights_only=False))
+        rng = directory / f"rng-rank{rank:05d}.pt"
+        if rng.is_file() or not self.cfg.resilience.allow_shrink:
+            set_rng_state(torch.load(rng, weights_only=False))
+        # else: elastic resume onto more ranks than the checkpoint had (back to the configured size after a
+        # shrink): this rank keeps the RNG seeded at model build; the data order does not depend on it.
 
 
 class Zero3Engine:

@@ -45,11 +45,11 @@ def test_a_ddp_checkpoint_of_2_ranks_resumes_on_1_with_the_same_batches_and_loss
     assert [r["world_size"] for r in starts] == [2, 1]
 
 
-def test_more_ranks_than_the_checkpoint_had_are_refused_at_submit_even_with_allow_shrink(packed_data, tmp_path):
-    ddp = run(tmp_path, packed_data, "d", "nproc=1", "train.max_steps=2", "checkpoint.every_steps=2")
+def test_a_layout_that_cannot_keep_the_global_batch_is_refused_at_submit_even_with_allow_shrink(packed_data, tmp_path):
+    ddp = run(tmp_path, packed_data, "d", "nproc=2", "train.max_steps=2", "checkpoint.every_steps=2")
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
-    grow = run(tmp_path, packed_data, "d", "nproc=2", "train.max_steps=4", "resilience.allow_shrink=true")
-    assert grow.returncode == 2
-    [line] = grow.stderr.strip().splitlines()
-    assert line.startswith("error: run 'd' stage cpt: checkpoint step-00000002 cannot resume elastically: a checkpoint "
-                           "of 1 ranks resumes on fewer ranks only, not 2")
+    odd = run(tmp_path, packed_data, "d", "nproc=3", "train.max_steps=4", "resilience.allow_shrink=true")
+    assert odd.returncode == 2
+    [line] = odd.stderr.strip().splitlines()
+    assert line.startswith("error: run 'd' stage cpt: checkpoint step-00000002 cannot resume elastically: its global "
+                           "batch of 16 sequences is not a multiple of micro_batch x ranks = 4 x 3")

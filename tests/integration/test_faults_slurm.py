@@ -225,6 +225,39 @@ def test_a_node_set_down_is_swapped_for_a_spare_inside_the_allocation(slurm_clus
     assert_recovered_exactly(stage, clean_run)
 
 
+def test_a_node_set_down_without_a_spare_shrinks_the_run_with_allow_shrink(slurm_cluster, packed_data, tmp_path,
+                                                                            clean_run):
+    """nodes=2, no spare, resilience.allow_shrink=true: the lost node leaves the --no-kill job and the ranks go on
+    on the one healthy node, 1 rank with twice the gradient accumulation: same samples, the clean losses up to
+    the reduction order (tests/integration/test_elastic_resume.py documents the tolerance), one job."""
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "shrink", "resilience.allow_shrink=true"))
+    stage = runs / "shrink" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    first = (stage / "step_nodes").read_text().split()
+    victim = rank_process(stage, 1).environ()["SLURMD_NODENAME"]
+    slurm_cluster.set_node_state(victim, "down", reason="fault injection")
+    try:
+        ends = wait_until_done(stage, timeout=400)
+    finally:
+        slurm_cluster.set_node_state(victim, "resume")
+    assert [e["class"] for e in ends] == ["done"]  # no requeue
+    (shrink,) = [r for r in ledger(stage) if r["event"] == "shrink"]
+    assert shrink["failed"] == [victim] and shrink["nodes_after"] == [n for n in first if n != victim]
+    starts = [r for r in ledger(stage) if r["event"] == "attempt_start"]
+    assert [r["world_size"] for r in starts] == [2, 1]
+    clean_steps, _ = clean_run
+    steps = e2e.by_step(stage / "metrics.jsonl")
+    assert sorted(steps) == list(range(1, STEPS + 1))
+    for step, recs in steps.items():
+        want = clean_steps[step][0]
+        assert all(r["sample_ids"] == want["sample_ids"] for r in recs), f"step {step}"
+        assert recs[-1]["loss"] == pytest.approx(want["loss"], rel=1e-4), f"step {step}"
+        if step <= 8:  # the 2-rank attempt, before the checkpoint it resumed from: bitwise
+            assert recs[0]["loss"] == want["loss"]
+    assert [r["State"].split()[0] for r in runs_of_job(slurm_cluster, job)] == ["RESIZING", "COMPLETED"]
+
+
 def test_a_configuration_error_is_not_retried(slurm_cluster, packed_data, tmp_path):
     runs = tmp_path / "runs"
     job = submit(slurm_cluster, *args(runs, packed_data, "bad", "model.init_from_stage=anneal"))

@@ -340,7 +340,12 @@ def test_a_node_swap_and_the_auto_interval_are_reported(tmp_path):
                {"step": 2, "step_time_s": 1.0, "attempt": 2, "time": t + 40.0, "loss": 1.0}]
     s = goodput.analyse(records, metrics, {"checkpoint": {"every_steps": "auto"}})
     assert s.attempts[0].end_class == "node_failure" and len(s.failures) == 1
-    assert goodput.allocation_line(s) == "inside the allocation: 1 in-job restart(s), 1 node swap(s) (n2 -> n3)"
+    assert goodput.allocation_line(s) == ("inside the allocation: 1 in-job restart(s), 1 node swap(s), 0 shrink(s) "
+                                          "(n2 -> n3)")
+    shrunk = goodput.analyse([{**r, "event": "shrink", "replacements": [], "nodes_after": ["n1"]}
+                              if r["event"] == "node_swap" else r for r in records], metrics)
+    assert goodput.allocation_line(shrunk) == ("inside the allocation: 1 in-job restart(s), 0 node swap(s), 1 shrink(s) "
+                                               "(n2 -> none (on 1 node(s)))")
     assert s.auto_interval and s.every_steps == 42
     assert "auto, newest choice every 42 steps" in goodput.young_line(s)
     fixed = goodput.analyse(records, metrics, {"checkpoint": {"every_steps": 8}})

@@ -8,7 +8,7 @@ import pytest
 from jobs import slurm_launcher
 from saul.config.compose import compose
 from saul.config.errors import ConfigError
-from saul.resilience.spares import parse_job_nodelist, pick, swap_record, usable_count
+from saul.resilience.spares import parse_job_nodelist, pick, pick_count, swap_record, usable_count
 from saul.resilience.step_restart import decide_in_job
 from saul.rundir import RunDir
 
@@ -19,6 +19,13 @@ def test_the_first_usable_nodes_in_allocation_order_are_picked():
     assert pick(["n1", "n2", "n3", "n4"], ["n2"], ["n3"], 2) == ["n1", "n4"]  # excluded by the run's ledger
     assert pick(["n1", "n2", "n3"], ["n2"], ["n3"], 2) is None  # no spare left
     assert usable_count(["n1", "n2", "n3"], ["n2"], ["n2", "n3"]) == 1
+
+
+def test_with_allow_shrink_the_largest_count_the_usable_nodes_cover_is_picked():
+    assert pick_count(["n1", "n2"], [], [], [2, 1]) == ["n1", "n2"]
+    assert pick_count(["n1", "n2"], ["n2"], [], [2, 1]) == ["n1"]
+    assert pick_count(["n1", "n2", "n3", "n4"], ["n2"], [], [4, 2, 1]) == ["n1", "n3"]  # 3 would not keep the batch
+    assert pick_count(["n1", "n2"], ["n1", "n2"], [], [2, 1]) is None
 
 
 def test_the_allocation_is_read_from_nodelist_not_from_requested_or_excluded_lists():
@@ -33,6 +40,8 @@ def test_a_swap_record_names_the_failed_node_and_its_replacement():
     record = swap_record("7", ["n1", "n2"], ["n1", "n3"], spares_left=0, launch=1)
     assert record["event"] == "node_swap" and record["failed"] == ["n2"] and record["replacements"] == ["n3"]
     assert record["nodes_after"] == ["n1", "n3"] and record["spares_left"] == 0 and record["step_restart"] == 1
+    shrink = swap_record("7", ["n1", "n2"], ["n1"], spares_left=0, launch=1)
+    assert shrink["event"] == "shrink" and shrink["failed"] == ["n2"] and shrink["replacements"] == []
 
 
 def decide(code=137, history=(), checkpoint_step=8, budget=3, lost=(), spare_ready=False):
@@ -44,7 +53,7 @@ def test_a_lost_node_with_a_spare_is_swapped_without_spending_the_failure_budget
     spent = [{"event": "step_restart", "class": "crash", "checkpoint_step": 8}] * 2
     assert not decide(history=spent)[0]  # a third crash without progress: the budget stops it
     relaunch, why = decide(history=spent, lost=["n2"], spare_ready=True)
-    assert relaunch and "n2 out of service: relaunching on a spare" in why
+    assert relaunch and "n2 out of service: relaunching on the healthy nodes of this allocation" in why
     relaunch, why = decide(lost=["n2"], spare_ready=False)
     assert not relaunch and "no spare is left" in why
     assert not decide(code=0, lost=["n2"], spare_ready=True)[0]  # the stage finished: nothing to swap
@@ -61,11 +70,31 @@ def test_spares_hold_more_nodes_with_no_kill_and_run_the_ranks_on_the_picked_one
     script, rundir = rendered("resilience.spare_nodes=1", "nproc=2")
     assert "#SBATCH --nodes=3" in script and "#SBATCH --no-kill" in script
     ranks = shlex.split(next(line for line in script.splitlines() if "--job-name=saul-ranks" in line))
-    assert "--nodes=2" in ranks and "--ntasks=4" in ranks and f"--nodelist={rundir.root / 'step_nodes'}" in ranks
+    assert f"--nodelist={rundir.root / 'step_nodes'}" in ranks
     loop = script.split("while :; do")[1]
     pick_at = loop.index("-m saul.resilience.spares")
-    assert loop.index("export SLURM_JOB_NUM_NODES=2") < pick_at < loop.index("--job-name=saul-ranks")
-    assert "--nodes 2 --spare-nodes 1 || break" in loop
+    # srun reads the picked count as --nodes and the ranks as --ntasks; submitit's ranks read them too
+    assert pick_at < loop.index('SLURM_JOB_NUM_NODES="${saul_pick#* }"') < loop.index("--job-name=saul-ranks")
+    assert "export SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * 2))" in loop
+    assert loop.count("--node-counts 2 ") == 1 and "--node-counts 2 || break" in loop
+
+
+@pytest.mark.parametrize("extra, counts", [
+    (["nodes=4", "train.grad_accum=2"], [4, 2, 1]),  # 3 nodes cannot keep 4 x 2 accumulation steps whole
+    (["nodes=3", "train.grad_accum=2"], [3, 2, 1]),
+    (["nodes=4", "train.grad_accum=1"], [4, 2, 1]),
+    (["nodes=4", "parallel=zero3"], [4]),  # ZeRO-3 shards resume on their own world size only
+])
+def test_allow_shrink_lists_the_node_counts_that_keep_the_global_batch(extra, counts):
+    cfg = compose(["stage=cpt", "site=local-slurm", "run=r", "runs_root=/tmp/saul-spares-test",
+                   "parallel=ddp", "resilience.allow_shrink=true", *extra], env={}).cfg
+    assert slurm_launcher.step_node_counts(cfg) == counts
+
+
+def test_allow_shrink_alone_holds_no_spare_but_survives_a_lost_node():
+    script, _ = rendered("resilience.allow_shrink=true", "model=tiny-mixtral")  # ddp, grad_accum 2
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --no-kill" in script
+    assert "--node-counts 2,1)" in script and "--node-counts 2,1 || break" in script
 
 
 def test_without_spares_the_script_holds_exactly_the_nodes_and_no_no_kill():
