@@ -39,6 +39,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
+METERING_LINE = "metering with"  # said once the first sample is written; start_node_meter waits for it
+
 class BadInput(Exception):
     """A command-line value that cannot work; printed as one line, exit code 2."""
 
@@ -147,26 +149,29 @@ def _run(args, detection, log: IO[str], stop: "_StopRequest") -> int:
                           "mean_power_w": None, "samples": 0, "estimated": False})
         print(f"monitoring.meter: no energy source available ({reasons})", file=sys.stderr)
         return EXIT_NO_SOURCE
-    print(f"monitoring.meter: node {args.node} job {args.job}: metering with {detection.label}",
-          file=sys.stderr)
     sampler = NodeSampler(detection, CheckConfig(args.check_window, args.check_factor))
     stop_file = Path(args.stop_file) if args.stop_file else None
     start = time.monotonic()
     last_flush = start
-    tick = 0
+    tick = taken = 0
     while True:
         now, wall = time.monotonic(), time.time()  # a sample's time is when it was read
         fields, check = sampler.sample(now)
-        flush = stop.reason is not None or now - last_flush >= args.flush_every
+        taken += 1
+        flush = taken == 1 or stop.reason is not None or now - last_flush >= args.flush_every
         write("sample", fields, flush=flush and check is None, when=wall)
         if check is not None:
             write("check", check)
         if flush:
             last_flush = now
+        if taken == 1:  # the window is open: start_node_meter's caller may start the work now
+            print(f"monitoring.meter: node {args.node} job {args.job}: {METERING_LINE} {detection.label}",
+                  file=sys.stderr, flush=True)
         if stop.reason is None:
             stop.poll(stop_file, args.watch_pid)
-        if stop.reason is not None:
+        if stop.reason is not None and taken > 1:
             break  # the sample just written carries the energy up to the stop
+        # (a stop before the second sample: the wait below returns at once and one more sample closes the window)
         # Ticks on a fixed grid (no drift); after a stall, skip to the next future tick. A stop
         # during the wait wakes it, and the loop takes one last sample at the stop time.
         tick = max(tick + 1, int((time.monotonic() - start) / args.interval) + 1)
@@ -262,13 +267,15 @@ def start_node_meter(
     stop_file: Optional[os.PathLike] = None,
     watch_pid: Optional[int] = None,
     extra_args: Sequence[str] = (),
-    ready_timeout_s: float = 10.0,
+    ready_timeout_s: float = 30.0,
 ) -> subprocess.Popen:
     """Start this node's meter in the background; its stderr goes to <out>/<node>.<job>.meter.log.
 
-    Returns once the meter holds its lock (so a stop from now on gets a summary record) or has
-    exited (a duplicate, or bad input: see its returncode). watch_pid defaults to the caller,
-    so a launcher that dies without stopping the meter does not leave it running.
+    Returns once the meter has started metering (its first sample is being taken, so the work
+    started after this call is metered from its first second: a stage shorter than the meter's own
+    start-up would otherwise show 0 J) or has exited (a duplicate, no source, or bad input: see its
+    returncode). watch_pid defaults to the caller, so a launcher that dies without stopping the
+    meter does not leave it running.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,17 +294,17 @@ def start_node_meter(
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[1])  # importable without an install
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    with open(out / f"{node}.{job}.meter.log", "ab") as log:
+    log_path = out / f"{node}.{job}.meter.log"
+    with open(log_path, "ab") as log:
+        offset = log.tell()
         popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                  stdin=subprocess.DEVNULL)
-    lock = _lock_path(out, node, job)
     deadline = time.monotonic() + ready_timeout_s
     while popen.poll() is None and time.monotonic() < deadline:
-        try:
-            if lock.read_text().strip() == str(popen.pid):
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            if METERING_LINE.encode() in log.read():
                 break
-        except OSError:
-            pass
         time.sleep(0.02)
     return popen
 

@@ -182,3 +182,17 @@ def test_meter_keeps_metering_through_slurm_warning_and_dump_signals(tmp_path, c
     finally:
         assert stop_node_meter(meter) == 0
     assert list(read_records(out / "n4.jsonl"))[-1]["kind"] == "summary"
+
+
+def test_work_started_after_the_meter_starts_is_metered_even_when_it_ends_at_once(tmp_path):
+    """start_node_meter returns once the meter samples: a stage shorter than the meter's own start-up
+    (imports and source detection: seconds for codecarbon's estimate) still gets a start and an end
+    sample, never a 0 J record."""
+    out = tmp_path / "power"
+    meter = start_node_meter(out, "n5", "8", 0, 5.0, sources=["estimate"])
+    assert stop_node_meter(meter) == 0  # the shortest stage: stopped as soon as it may start
+    records = list(read_records(out / "n5.jsonl"))
+    summary = records[-1]
+    assert summary["kind"] == "summary" and summary["stop_reason"] == "SIGTERM"
+    assert summary["samples"] == sum(r["kind"] == "sample" for r in records) >= 2  # window opened and closed
+    assert summary["duration_s"] > 0 and summary["energy_j"] > 0
