@@ -45,6 +45,12 @@ def device_label(site, local_rank: int) -> str:
     return "CPU"
 
 
+def checkpoint_cadence(every_steps) -> str:
+    if every_steps == "auto":
+        return "at Young's interval (every_steps=auto: re-chosen after each save)"
+    return f"every {every_steps} steps"
+
+
 def make_plan(cfg, rundir: RunDir) -> LaunchPlan:
     if cfg.site.scheduler == "none":
         command = ["python", "-m", "saul.stage_entry", str(rundir.root)]
@@ -87,7 +93,7 @@ def describe(cfg, plan: LaunchPlan, site_reason: str, max_rank_lines: int = 8) -
             f"{'pairs' if cfg.stage == 'dpo' else 'sequences'} x {t.seq_len} tokens = {tokens:,} tokens/step; {steps}",
             f"optimizer:   AdamW lr {cfg.optim.lr:g} betas {tuple(cfg.optim.betas)} {cfg.optim.schedule} over "
             f"{cfg.optim.schedule_steps or t.max_steps or 'all the'} steps, "
-            f"checkpoint every {cfg.checkpoint.every_steps} steps (keep {cfg.checkpoint.keep_last})",
+            f"checkpoint {checkpoint_cadence(cfg.checkpoint.every_steps)} (keep {cfg.checkpoint.keep_last})",
         ]
     lines += [
         f"ranks:       {plan.world_size} = {plan.nodes} node(s) x {plan.nproc} process(es) per node",

@@ -71,3 +71,11 @@ def test_stage_refuses_a_dataset_packed_for_another_sequence_length(packed_data,
     result = e2e.submit("stage=cpt", *BASE, f"runs_root={tmp_path}", f"data.path={packed_data}", "train.seq_len=128")
     assert result.returncode == 2
     assert "packed to seq_len=64 but train.seq_len=128" in result.stderr
+
+
+@pytest.mark.parametrize("every, says", [("20", "checkpoint every 20 steps"),
+                                         ("auto", "checkpoint at Young's interval (every_steps=auto")])
+def test_the_plan_says_the_checkpoint_cadence_in_words(tmp_path, every, says):
+    result = e2e.submit("stage=cpt", *BASE, f"runs_root={tmp_path}", f"checkpoint.every_steps={every}", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert says in result.stdout and "every auto steps" not in result.stdout
