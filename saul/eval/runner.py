@@ -20,7 +20,6 @@ import time
 from typing import List, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 
 from saul import exit_codes
 from saul.eval import inputs, legalbench, mmlu, results, scoring
@@ -32,30 +31,6 @@ from saul.train import distributed
 from saul.train.metrics import MetricsWriter
 
 CHOICES = tuple(f" {letter}" for letter in mmlu.LETTERS)
-
-
-def _broadcast(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather(obj) -> list:
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _any_rank(flag: bool) -> bool:
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 class Stopped(Exception):
@@ -79,7 +54,7 @@ class EvalRunner:
         tasks, subjects = inputs.load_tasks(self.cfg), inputs.load_subjects(self.cfg)
         models = inputs.resolve_models(self.cfg, self.rundir)
         units: List[Tuple[str, object]] = [(t.name, t) for t in tasks] + [(s.task_name, s) for s in subjects]
-        done = _broadcast({(m.label, name) for m in models for name, _ in units
+        done = distributed.broadcast_object({(m.label, name) for m in models for name, _ in units
                            if results.read_done(self.root, m.label, name) is not None} if self.info.is_main else None)
         total = len(models) * len(units)
         self.units_done = len(done)
@@ -94,7 +69,8 @@ class EvalRunner:
                     continue
                 lm = self._load(source)
                 for name, unit in pending:
-                    if _any_rank(self.stop.requested):  # before a unit, so a stop after the last one is no stop
+                    # Before a unit, so a stop after the last one is no stop.
+                    if distributed.any_rank(self.stop.requested):
                         raise Stopped()
                     t0 = time.time()
                     if isinstance(unit, legalbench.Task):
@@ -169,7 +145,7 @@ class EvalRunner:
             chunk = list(mine[b * self.e.batch_size:(b + 1) * self.e.batch_size])
             if chunk:
                 out.extend(work(chunk))
-            if _any_rank(self.stop.requested):
+            if distributed.any_rank(self.stop.requested):
                 raise Stopped()
         return out
 
@@ -184,7 +160,7 @@ class EvalRunner:
             outputs, cut = generate(lm, [task.prompt(examples[i], self.e.few_shot) for i in chunk], self.e.max_new_tokens)
             return list(zip(chunk, outputs, cut))
 
-        shares = _gather(self._batches(mine, n_batches, work))
+        shares = distributed.all_gather_objects(self._batches(mine, n_batches, work))
         score = None
         if self.info.is_main:
             by_pos = {i: (text, cut) for share in shares for i, text, cut in share}
@@ -209,7 +185,7 @@ class EvalRunner:
                 out.append((i, lls, cut))
             return out
 
-        shares = _gather(self._batches(mine, n_batches, work))
+        shares = distributed.all_gather_objects(self._batches(mine, n_batches, work))
         score = None
         if self.info.is_main:
             by_pos = {i: (lls, cut) for share in shares for i, lls, cut in share}

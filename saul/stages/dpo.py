@@ -125,14 +125,13 @@ class DpoStage(TrainingStage):
         from saul.posttrain.dpo_loss import DpoLoss, reference_logps
         from saul.posttrain.reference_logps import (FILE_NAME, ReferenceLogpsMismatch, load_reference_logps,
                                                     save_reference_logps)
-        from saul.train.distributed import barrier
-        from saul.train.loop import _broadcast
+        from saul.train.distributed import barrier, broadcast_object
 
         work, engine, info = loop.work, loop.engine, ctx.info
         work.loss = DpoLoss(self.settings, engine.module, ctx.device)
         path = ctx.rundir.root / FILE_NAME
         loop.heartbeat.beat(0, "load")
-        if _broadcast(path.is_file(), info.rank):
+        if broadcast_object(path.is_file()):
             try:
                 chosen, rejected = load_reference_logps(path, work.dataset.fingerprint, work.reference,
                                                         len(work.dataset))

@@ -160,6 +160,29 @@ def all_reduce_mean(value: float, device: Optional[torch.device] = None) -> floa
     return float(t.item()) / dist.get_world_size()
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (pickled: small objects only); itself outside a process group."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (pickled: small objects only)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on one of them."""
+    return all_reduce_max(1.0 if flag else 0.0) > 0.0
+
+
 def destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -33,7 +33,7 @@ from saul.resilience.heartbeat import Heartbeat
 from saul.resilience.stop_request import StopRequest
 from saul.rundir import RunDir
 from saul.train import checkpoint as ckpt
-from saul.train.distributed import RankInfo, barrier
+from saul.train.distributed import RankInfo, all_gather_objects, barrier, broadcast_object
 from saul.train.metrics import MetricsWriter
 
 log = logging.getLogger("saul.train")
@@ -56,22 +56,6 @@ class Outcome:
 
 def batch_digest(ids: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def _broadcast(obj, rank: int):
-    if not dist.is_initialized():
-        return obj
-    box = [obj if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather(obj) -> list:
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _plain(section):
@@ -98,7 +82,7 @@ def _all_reduce_sum(values, device: Optional[torch.device] = None) -> list:
 
 def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
     """Newest checkpoint whose manifest and files verify; every rank checks a share of the files."""
-    candidates = _broadcast([(s, str(p)) for s, p in ckpt.list_step_dirs(root)], info.rank)
+    candidates = broadcast_object([(s, str(p)) for s, p in ckpt.list_step_dirs(root)])
     for step, path_str in candidates:
         path = Path(path_str)
         try:
@@ -106,7 +90,7 @@ def find_resume_point(root: Path, info: RankInfo, warn) -> Optional[tuple]:
             problem = ckpt.verify_share(path, manifest, info.rank, info.world_size)
         except (ValueError, OSError) as exc:
             manifest, problem = None, str(exc)
-        problems = sorted({p for p in _gather(problem) if p})
+        problems = sorted({p for p in all_gather_objects(problem) if p})
         if not problems:
             return path, manifest
         warn(f"skipping checkpoint {path.name}: {'; '.join(problems)}")
@@ -157,7 +141,7 @@ class StepLoop:
         self.metrics = MetricsWriter(rundir.metrics, enabled=info.is_main)
         # checkpoint.every_steps: N, or auto (Young's interval, re-chosen by rank 0 after each save)
         self.cadence = Cadence(cfg.checkpoint.every_steps, info.is_main, info.world_size,
-                               lambda obj: _broadcast(obj, info.rank), self.metrics.write,
+                               broadcast_object, self.metrics.write,
                                lambda: ledger.read(rundir.ledger), lambda: ledger.read(rundir.metrics))
         self.stop = stop_request.current()  # installed at task start: a start-up signal is already in it
         self.heartbeat = Heartbeat(rundir.heartbeats, enabled=info.is_main, job_id=info.job_id, attempt=attempt)
@@ -197,14 +181,12 @@ class StepLoop:
         self.heartbeat.beat(self.pos.step, "save")
         t0 = time.time()
         root, step = self.rundir.checkpoints, self.pos.step
-        tmp = Path(_broadcast(str(ckpt.begin_save(root, step)) if self.info.is_main else None, self.info.rank))
+        tmp = Path(broadcast_object(str(ckpt.begin_save(root, step)) if self.info.is_main else None))
         self.engine.save_files(tmp, self.info.rank)
         barrier()
         files = ckpt.relative_files(tmp)
         share = ckpt.hash_share(tmp, files, self.info.rank, self.info.world_size)
-        shares = [None] * self.info.world_size if dist.is_initialized() else [share]
-        if dist.is_initialized():
-            dist.all_gather_object(shares, share)
+        shares = all_gather_objects(share)
         if self.info.is_main:
             merged = {k: v for s in shares for k, v in s.items()}
             state = dict(self.expected_state(), step=step, samples_consumed=self.pos.samples,
@@ -306,5 +288,5 @@ class StepLoop:
         from saul.train.export import export_final
 
         out = export_final(self.engine.module, self.rundir.root, self.cfg.checkpoint.export_shard_gb, self.info.rank,
-                           self.info.world_size, self.work.tokenizer_dir, barrier, _gather)
+                           self.info.world_size, self.work.tokenizer_dir, barrier, all_gather_objects)
         self.say(f"final model written to {out}")

@@ -12,7 +12,6 @@ import torch.distributed as dist
 
 from saul.stages.base import broadcast_int as _broadcast_int
 from saul.train import distributed
-from saul.train.loop import _broadcast, _gather
 
 
 def main(rank: int, port: int, out: Path) -> None:
@@ -27,7 +26,8 @@ def main(rank: int, port: int, out: Path) -> None:
         .total_seconds(),
         "broadcast_int": _broadcast_int(41 + rank),
         "max": distributed.all_reduce_max(float(rank * 3)), "mean": distributed.all_reduce_mean(float(rank * 3)),
-        "broadcast": _broadcast({"from": rank}, rank), "gather": _gather(rank * 10),
+        "broadcast": distributed.broadcast_object({"from": rank}), "gather": distributed.all_gather_objects(rank * 10),
+        "any_rank": [distributed.any_rank(rank == 1), distributed.any_rank(False)],
         "stop_vote": stop_vote.tolist(),
     }
     distributed.barrier()

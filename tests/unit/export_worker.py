@@ -15,7 +15,6 @@ from saul.config.compose import compose  # noqa: E402
 from saul.train import distributed  # noqa: E402
 from saul.train.engine import Zero3Engine  # noqa: E402
 from saul.train.export import export_final  # noqa: E402
-from saul.train.loop import _gather  # noqa: E402
 
 
 def main(rank: int, port: int, root: Path, shard_gb: float) -> None:
@@ -31,7 +30,7 @@ def main(rank: int, port: int, root: Path, shard_gb: float) -> None:
     reference = engine.engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0 only
     if rank == 0:
         torch.save({k: v.clone() for k, v in reference.items()}, root / "reference.pt")
-    export_final(engine.module, root, shard_gb, rank, 2, None, distributed.barrier, _gather)
+    export_final(engine.module, root, shard_gb, rank, 2, None, distributed.barrier, distributed.all_gather_objects)
     distributed.destroy()
 
 

@@ -67,7 +67,7 @@ def test_every_cpu_collective_helper_runs_on_two_real_ranks(tmp_path):
         assert r["backend"] == r["torch_backend"] == "cpu:gloo"
         assert r["timeout_s"] == distributed.collective_timeout_s(900)
         assert r["broadcast_int"] == 41 and r["max"] == 3.0 and r["mean"] == 1.5
-        assert r["broadcast"] == {"from": 0} and r["gather"] == [0, 10]
+        assert r["broadcast"] == {"from": 0} and r["gather"] == [0, 10] and r["any_rank"] == [True, False]
         assert r["stop_vote"] == [2.0, 1.0]  # losses summed, one rank asked to stop
         assert r["trace_file"] == str(tmp_path / "fr" / "rank_")
 
