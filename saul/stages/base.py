@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import warnings
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ class StageContext:
     attempt: int  # the attempt number (the ledger's)
 
 
-class Stage:
+class Stage(ABC):
     """One stage of a run. Subclasses set `name` and implement `run` (one attempt's work, returning
     {"exit_code", "reason", "step", ...}: the attempt_end fields)."""
 
@@ -55,8 +56,9 @@ class Stage:
     # imports no torch); they meet at the end on the shared filesystem instead.
     process_group = True
 
+    @abstractmethod
     def run(self, ctx: StageContext) -> dict:
-        raise NotImplementedError
+        """One attempt's work; returns the attempt_end fields."""
 
 
 def sayer(rank: int):

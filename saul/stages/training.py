@@ -4,14 +4,16 @@ becomes a loss (`build_work`), and may patch the model before it is wrapped (`pr
 do work before the resume (`before_resume`, e.g. DPO's reference log-probabilities)."""
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from saul.config.errors import ConfigError
 from saul.stages.base import Stage, StageContext, init_model_path, stopped_before_start
 
 
 class TrainingStage(Stage):
+    @abstractmethod
     def build_work(self, ctx: StageContext, init_path: str):
         """The stage's StepWork (saul.train.loop): its data and its loss. May set train.max_steps."""
-        raise NotImplementedError
 
     def prepare_module(self, module) -> None:
         """Patch the HF model before DDP / DeepSpeed wrap it (nothing by default)."""
