@@ -5,13 +5,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import psutil
 
 from saul.config.errors import ConfigError
 from saul.config.model_size import reference_gb_per_rank, training_state_gb_per_rank
-from saul.config.schema import GPU_VENDORS, PARALLEL, SCHEDULERS, STAGES
+from saul.config.schema import DPO_LOSS_TYPES, GPU_VENDORS, PARALLEL, SCHEDULERS, STAGES
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TRAINING_STAGES = ("cpt", "anneal", "ift", "dpo")
@@ -25,6 +25,17 @@ def _positive(cfg, key: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value} is out of range: it must be {bound}")
+
+
+def dpo_loss_problem(loss_type, loss_weights) -> Optional[str]:
+    """What is wrong with dpo.loss_type / dpo.loss_weights (checked at submit and by the loss itself)."""
+    unknown = [t for t in loss_type if t not in DPO_LOSS_TYPES]
+    if not loss_type or unknown:
+        return f"dpo.loss_type={list(loss_type)}: unknown {unknown}; use one or more of {', '.join(DPO_LOSS_TYPES)}"
+    if loss_weights and len(loss_weights) != len(loss_type):
+        return (f"dpo.loss_weights has {len(loss_weights)} values for {len(loss_type)} loss types: "
+                f"give one weight per type, or none")
+    return None
 
 
 def validate(cfg) -> List[str]:
@@ -94,22 +105,15 @@ def validate(cfg) -> List[str]:
 
 def _validate_posttrain(cfg) -> None:
     """ift.* / dpo.*: ranges, loss types, and the data files (empty list = the generated demo data)."""
-    from saul.config.schema import DPO_LOSS_TYPES
-
     section = cfg[cfg.stage]
     _positive(cfg, f"{cfg.stage}.epochs")
     _positive(cfg, f"{cfg.stage}.demo_conversations" if cfg.stage == "ift" else "dpo.demo_pairs")
     if cfg.stage == "ift" and not 0.0 <= cfg.ift.demo_general_fraction <= 1.0:
         raise ConfigError(f"ift.demo_general_fraction={cfg.ift.demo_general_fraction} is out of range: it must be in [0, 1]")
     if cfg.stage == "dpo":
-        d = cfg.dpo
-        unknown = [t for t in d.loss_type if t not in DPO_LOSS_TYPES]
-        if not d.loss_type or unknown:
-            raise ConfigError(f"dpo.loss_type={list(d.loss_type)}: unknown {unknown}; use one or more of "
-                              f"{', '.join(DPO_LOSS_TYPES)}")
-        if d.loss_weights and len(d.loss_weights) != len(d.loss_type):
-            raise ConfigError(f"dpo.loss_weights has {len(d.loss_weights)} values for {len(d.loss_type)} loss types: "
-                              f"give one weight per type, or none")
+        problem = dpo_loss_problem(list(cfg.dpo.loss_type), list(cfg.dpo.loss_weights))
+        if problem:
+            raise ConfigError(problem)
         _positive(cfg, "dpo.beta")
     for i, path in enumerate(section.data):
         if not Path(path).is_file():

@@ -25,7 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from saul.config.schema import DPO_LOSS_TYPES as LOSS_TYPES  # trl's loss types: one list, checked at submit too
+from saul.config.validate import dpo_loss_problem
 
 # What metrics.jsonl carries, by trl's names.
 REPORTED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -48,13 +48,9 @@ class DpoLossSettings:
     discopop_tau: float = 0.05
 
     def __post_init__(self):
-        unknown = [t for t in self.loss_type if t not in LOSS_TYPES]
-        if not self.loss_type or unknown:
-            raise ValueError(f"dpo.loss_type={list(self.loss_type)}: unknown {unknown}; use one or "
-                             f"more of {', '.join(LOSS_TYPES)}")
-        if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(f"dpo.loss_weights has {len(self.loss_weights)} values for "
-                             f"{len(self.loss_type)} loss types; give one weight per type or none")
+        problem = dpo_loss_problem(self.loss_type, self.loss_weights)
+        if problem:
+            raise ValueError(problem)
         if self.beta <= 0:
             raise ValueError(f"dpo.beta={self.beta} is out of range: it must be > 0")
 

@@ -11,9 +11,9 @@ import torch
 from transformers import PretrainedConfig
 from trl.trainer.utils import FusedCausalLMOutput
 
-from saul.config.schema import DpoConfig
+from saul.config.schema import DPO_LOSS_TYPES as LOSS_TYPES, DpoConfig
 from saul.posttrain.demo_data import demo_preference_pairs
-from saul.posttrain.dpo_loss import LOSS_TYPES, DpoLoss, DpoLossSettings, prepare_policy, reference_logps
+from saul.posttrain.dpo_loss import DpoLoss, DpoLossSettings, prepare_policy, reference_logps
 from saul.posttrain.preference_data import build_preference_dataset
 from saul.posttrain.reference_logps import (ReferenceLogpsMismatch, load_reference_logps,
                                             save_reference_logps)
