@@ -121,6 +121,10 @@ class CheckpointConfig:
     every_steps: Any = 100
     keep_last: int = 3
     save_on_stop: bool = True  # checkpoint when a stop signal (time limit, preemption) arrives
+    # DDP: snapshot the state into host memory at the step boundary and write, fsync and hash it in a background
+    # thread while training goes on (one extra host copy of rank 0's model + optimizer state while a save is
+    # in flight); ZeRO-3 always saves synchronously (saul/train/async_checkpoint.py)
+    async_save: bool = True
     # final/ is written in safetensors shards of about this size, one module gathered at a time:
     # no rank ever holds the whole model (8x22B is ~281 GB in bf16)
     export_shard_gb: float = 5.0

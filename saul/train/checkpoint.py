@@ -10,6 +10,12 @@ Protocol (every rank takes part):
      reader ever picks; after it, the checkpoint is complete.
 There is no `latest` pointer that could outlive its target: readers list `step-*` directories,
 newest first, and take the first whose manifest and files verify.
+
+Asynchronous saves (checkpoint.async_save, saul/train/async_checkpoint.py) keep steps 1 and 4 and
+replace the collectives of 2-3 by files: each rank's background thread writes, fsyncs and hashes
+its own files, then writes a done marker `.done-rankR.json` (its hashes) into the temporary
+directory; rank 0's thread waits for all markers, merges them into the manifest and renames. A
+crash at any point before the rename again leaves only a `.tmp-` directory.
 """
 from __future__ import annotations
 
@@ -119,6 +125,42 @@ def begin_save(root: Path, step: int) -> Path:
     tmp = root / f".tmp-{step_dir_name(step)}"
     tmp.mkdir()
     return tmp
+
+
+def done_marker(rank: int) -> str:
+    return f".done-rank{rank:05d}.json"
+
+
+def write_done_marker(tmp: Path, rank: int, files: Dict[str, dict]) -> None:
+    """This rank's files in `tmp` are written, fsynced and hashed (`files`: their sizes and sha256)."""
+    write_json_atomic(tmp / done_marker(rank), {"rank": rank, "files": files})
+
+
+def collect_done_markers(tmp: Path, world: int) -> Optional[Dict[str, dict]]:
+    """Every rank's hashed files merged, once all `world` markers are there (None while some are missing)."""
+    present = {entry.name for entry in os.scandir(tmp)}  # one directory listing, not `world` stats
+    if any(done_marker(rank) not in present for rank in range(world)):
+        return None
+    merged: Dict[str, dict] = {}
+    for rank in range(world):
+        merged.update(json.loads((tmp / done_marker(rank)).read_text(encoding="utf-8"))["files"])
+    return merged
+
+
+def wait_for_done_markers(tmp: Path, world: int, timeout_s: float) -> Dict[str, dict]:
+    """Rank 0's background thread: the merged file list once every rank's marker is there; the markers are
+    removed (the manifest lists the files). TimeoutError when a rank has not finished in `timeout_s`."""
+    deadline = time.time() + timeout_s
+    pause = 0.002
+    while (merged := collect_done_markers(tmp, world)) is None:
+        if time.time() > deadline:
+            missing = [r for r in range(world) if not (tmp / done_marker(r)).exists()]
+            raise TimeoutError(f"checkpoint {tmp.name}: rank(s) {missing[:8]} did not finish writing in {timeout_s:.0f}s")
+        time.sleep(pause)
+        pause = min(0.1, pause * 2)  # short saves finish fast; long ones are not polled hard
+    for rank in range(world):
+        (tmp / done_marker(rank)).unlink()
+    return merged
 
 
 def commit_save(root: Path, tmp: Path, step: int, files: Dict[str, dict], state: dict, keep_last: int) -> Path:

@@ -94,15 +94,24 @@ class DDPEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm), lr
 
-    def save_files(self, directory: Path, rank: int) -> None:
-        from safetensors.torch import save_file
+    def snapshot(self, rank: int, copy: bool = True) -> dict:
+        """This rank's checkpoint files as host objects (file name -> object): rank 0 the model, optimizer and
+        scheduler state, every rank its RNG state. With copy, nothing shares memory with training, so an
+        asynchronous save writes them in the background (saul/train/async_checkpoint.py)."""
+        from saul.train.async_checkpoint import host_copy
 
+        files = {}
         if rank == 0:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.module.state_dict().items()},
-                      str(directory / "model.safetensors"))
-            torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
-        torch.save(rng_state(), directory / f"rng-rank{rank:05d}.pt")
+            files["model.safetensors"] = host_copy(self.module.state_dict(), copy)
+            files["optimizer.pt"] = host_copy(self.optimizer.state_dict(), copy)
+            files["scheduler.pt"] = host_copy(self.scheduler.state_dict(), copy)
+        files[f"rng-rank{rank:05d}.pt"] = rng_state()
+        return files
+
+    def save_files(self, directory: Path, rank: int) -> None:
+        from saul.train.async_checkpoint import write_files
+
+        write_files(directory, self.snapshot(rank, copy=False))
 
     def load_files(self, directory: Path, rank: int) -> None:
         from safetensors.torch import load_file

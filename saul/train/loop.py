@@ -33,6 +33,7 @@ from saul.resilience.heartbeat import Heartbeat
 from saul.resilience.stop_request import StopRequest
 from saul.rundir import RunDir
 from saul.train import checkpoint as ckpt
+from saul.train.async_checkpoint import AsyncSaver
 from saul.train.distributed import RankInfo, all_gather_objects, barrier, broadcast_object
 from saul.train.metrics import MetricsWriter
 
@@ -148,6 +149,14 @@ class StepLoop:
         self.pos = Position()
         self.resumed_from: Optional[str] = None
         self.last_saved_step = -1
+        # checkpoint.async_save: engines that can snapshot their state (DDP) write it in the background;
+        # ZeRO-3's save goes through DeepSpeed's collectives and stays synchronous.
+        self.saver = None
+        if cfg.checkpoint.async_save and hasattr(engine, "snapshot"):
+            self.saver = AsyncSaver(info.rank, info.world_size, float(cfg.resilience.hang_timeout_s))
+        elif cfg.checkpoint.async_save:
+            say(f"checkpoint.async_save: {engine.name} saves synchronously (DeepSpeed writes from the live shards)")
+        self.save_totals = {"checkpoint_saves": 0, "checkpoint_blocking_s": 0.0, "checkpoint_background_s": 0.0}
         m = cfg.model
         self.flops_per_token = count_parameters(m).flops_per_token(t.seq_len, m.hidden_size, m.num_hidden_layers)
         self.peak_flops = cfg.site.peak_tflops_bf16_per_device * 1e12 * info.world_size
@@ -178,10 +187,23 @@ class StepLoop:
         self.say(f"resumed from {path.name} (step {self.pos.step}, {self.pos.samples} samples) in {time.time() - t0:.2f}s")
 
     def save(self) -> float:
+        """Checkpoint the state after this step; the seconds training stalled for it (the whole save, or for an
+        asynchronous one the snapshot: Young's interval uses this). At most one save in flight: a previous
+        one is finished first."""
+        self.settle_save()
         self.heartbeat.beat(self.pos.step, "save")
         t0 = time.time()
         root, step = self.rundir.checkpoints, self.pos.step
         tmp = Path(broadcast_object(str(ckpt.begin_save(root, step)) if self.info.is_main else None))
+        state = dict(self.expected_state(), step=step, samples_consumed=self.pos.samples,
+                     tokens_consumed=self.pos.tokens, attempt=self.attempt) if self.info.is_main else None
+        self.last_saved_step = step
+        if self.saver is not None:
+            files = self.engine.snapshot(self.info.rank)
+            self.metrics.sync()  # metrics never lag the checkpoint
+            blocking = time.time() - t0
+            self.saver.start(root, tmp, step, files, state, self.cfg.checkpoint.keep_last, blocking)
+            return blocking
         self.engine.save_files(tmp, self.info.rank)
         barrier()
         files = ckpt.relative_files(tmp)
@@ -189,15 +211,35 @@ class StepLoop:
         shares = all_gather_objects(share)
         if self.info.is_main:
             merged = {k: v for s in shares for k, v in s.items()}
-            state = dict(self.expected_state(), step=step, samples_consumed=self.pos.samples,
-                         tokens_consumed=self.pos.tokens, attempt=self.attempt)
             ckpt.commit_save(root, tmp, step, merged, state, self.cfg.checkpoint.keep_last)
             self.metrics.sync()
         barrier()
-        self.last_saved_step = step
         seconds = time.time() - t0
-        self.metrics.write({"event": "checkpoint", "step": step, "seconds": round(seconds, 4), "attempt": self.attempt})
+        self._record_save({"step": step, "blocking_s": seconds, "background_s": 0.0}, "sync")
         return seconds
+
+    def poll_save(self) -> None:
+        """After every step: record a background save that finished (raises its error on the rank it failed on)."""
+        if self.saver is not None and self.saver.in_flight:
+            done = self.saver.poll()
+            if done is not None:
+                self._record_save(done, "async")
+
+    def settle_save(self) -> None:
+        """Wait for the save in flight (before the next one, the final export and a stop)."""
+        if self.saver is not None and self.saver.in_flight:
+            self.heartbeat.beat(self.pos.step, "save")  # the watchdog does not count checkpoint I/O as a hang
+            self._record_save(self.saver.wait(), "async")
+
+    def _record_save(self, done: dict, mode: str) -> None:
+        """metrics.jsonl `checkpoint` record (written once the checkpoint is complete): `seconds` is the stall of
+        training, `background_s` the write + fsync + hash + commit that overlapped it; totals go to attempt_end."""
+        t = self.save_totals
+        t["checkpoint_saves"] += 1
+        t["checkpoint_blocking_s"] = round(t["checkpoint_blocking_s"] + done["blocking_s"], 4)
+        t["checkpoint_background_s"] = round(t["checkpoint_background_s"] + done["background_s"], 4)
+        self.metrics.write({"event": "checkpoint", "step": done["step"], "seconds": round(done["blocking_s"], 4),
+                            "background_s": round(done["background_s"], 4), "mode": mode, "attempt": self.attempt})
 
     # --- the loop ----------------------------------------------------------------------------
     def train(self) -> Outcome:
@@ -245,14 +287,17 @@ class StepLoop:
                 first_step_at = time.time()
             if self.pos.step % t.log_every == 0 or self.pos.step == t.max_steps or stop_now:
                 self._log_step(ids, loss, lr, grad_norm, step_time, figures)
+            self.poll_save()
             if self.cadence.due(self.pos.step, step_time) or self.pos.step == t.max_steps:
                 self.cadence.saved(self.pos.step, self.save())
             if stop_now and self.pos.step < t.max_steps:
                 reason = self.stop.describe() if self.stop.requested else "another rank was asked to stop"
                 if cfg.checkpoint.save_on_stop and self.last_saved_step != self.pos.step:
                     self.save()
+                self.settle_save()  # the stop leaves a complete checkpoint
                 self.say(f"stopping at step {self.pos.step}: {reason}; resume with the same command")
                 return self._finish(exit_codes.STOPPED, reason, ledger_start, first_step_at, t_attempt)
+        self.settle_save()
         self.export_final()
         return self._finish(exit_codes.DONE, "max_steps reached", ledger_start, first_step_at, t_attempt)
 
@@ -274,9 +319,10 @@ class StepLoop:
 
     def _finish(self, code, reason, start_step, first_step_at, t_attempt) -> Outcome:
         """The stage runner writes the attempt_end from the outcome, then all ranks leave together."""
+        self.settle_save()
         self.heartbeat.beat(self.pos.step, "done")
         self.metrics.close()
-        return Outcome(code, self.pos.step, reason, {**self.fields,
+        return Outcome(code, self.pos.step, reason, {**self.fields, **self.save_totals,
             "step_start": start_step, "step_end": self.pos.step, "tokens_end": self.pos.tokens,
             "resumed_from": self.resumed_from,
             "time_to_first_step_s": round(first_step_at - t_attempt, 3) if first_step_at else None,

@@ -79,6 +79,42 @@ def test_interrupted_and_resumed_runs_match_an_uninterrupted_one(parallel, packe
     assert_same_training(clean_steps, kill_steps)
     assert final_weights(runs, "kill") == final_weights(runs, "clean")
 
+    if parallel == "ddp":  # DDP saves asynchronously by default: SIGKILL rank 0 while its background write runs
+        args = [a.replace("every_steps=8", "every_steps=2") for a in common(runs, packed_data, "async", parallel)]
+        stage = runs / "async" / "cpt"
+        proc = e2e.start(*args)
+        half_done = kill_rank0_during_a_background_save(stage, proc)
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode not in (0, 75), out
+        half_step = int(half_done.name.rsplit("-", 1)[1])
+        committed = [int(p.name.split("-")[1]) for p in (stage / "checkpoints").glob("step-*")]
+        assert half_done.is_dir() and half_step not in committed
+        resumed = e2e.submit(*args)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert f"resumed from step-{max(committed):08d}" in resumed.stdout
+        assert_same_training(clean_steps, e2e.by_step(stage / "metrics.jsonl"))
+        assert final_weights(runs, "async") == final_weights(runs, "clean")
+        saves = [r for r in e2e.records(stage / "metrics.jsonl") if r.get("event") == "checkpoint"]
+        assert saves and all(r["mode"] == "async" and r["background_s"] > 0 for r in saves)
+
+
+def kill_rank0_during_a_background_save(stage, proc):
+    """SIGSTOP rank 0 when a `.tmp-step-N` holds files (its background thread is writing); if the save is still
+    uncommitted while it is stopped, SIGKILL it there (else let it go on to the next save). The `.tmp-` path."""
+    e2e.wait_for_step(stage / "metrics.jsonl", 5, proc)  # past two committed saves (every 2 steps)
+    rank0 = e2e.rank_processes(stage)[0]
+    checkpoints = stage / "checkpoints"
+    while proc.poll() is None:
+        tmp = next((p for p in checkpoints.glob(".tmp-step-*") if any(p.iterdir())), None) if checkpoints.is_dir() else None
+        if tmp is None:
+            continue
+        rank0.send_signal(signal.SIGSTOP)
+        if tmp.is_dir() and not (checkpoints / tmp.name[len(".tmp-"):]).exists():
+            rank0.send_signal(signal.SIGKILL)
+            return tmp
+        rank0.send_signal(signal.SIGCONT)
+    raise AssertionError(f"the run ended before a save could be caught in flight:\n{proc.stdout.read()}")
+
 
 POSTTRAIN_STEPS = 10
 FAST_POSTTRAIN = {("ift", "ddp"), ("dpo", "zero3")}  # the other two pairs share these code paths: slow suite
