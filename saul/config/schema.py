@@ -75,6 +75,7 @@ class SourceConfig:
     format: str = "auto"  # auto (from the extension) | pdf | txt | html | jsonl | parquet | synthetic
     text_field: str = "text"  # jsonl/parquet column holding the document
     name: str = ""  # name in the audit files and reports; empty = the path's last component
+    perplexity: Optional[bool] = None  # through the KenLM filter; None = true for role legal, false otherwise
 
 
 @dataclass
@@ -96,7 +97,7 @@ class DataConfig:
     minhash_ngram: int = 5  # word n-grams (text-dedup's default)
     minhash_bands: int = 42  # 42 bands x 6 rows = 252 of 256 permutations: threshold ~0.5
     minhash_rows: int = 6
-    num_shards: int = 0  # input shards (the unit of work and of resume); 0 = 4 per rank, at most one per file
+    piece_mb: float = 64.0  # the unit of work and of resume: ~this much input (saul/data/pieces.py says why 64)
 
 
 @dataclass

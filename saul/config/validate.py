@@ -126,8 +126,10 @@ def _validate_prepare(cfg) -> None:
     d = cfg.data
     if d.max_perplexity <= 0:
         raise ConfigError(f"data.max_perplexity={d.max_perplexity} is out of range: it must be > 0")
-    for key in ("min_words", "num_shards"):
-        _positive(cfg, f"data.{key}", allow_zero=True)
+    _positive(cfg, "data.min_words", allow_zero=True)
+    if not d.piece_mb > 0:  # the pipeline's unit of work; tiny values make one directory per record
+        raise ConfigError(f"data.piece_mb={d.piece_mb} is out of range: it must be > 0 (MiB of input per "
+                          f"piece of work; default 64)")
     _positive(cfg, "data.num_documents")  # the synthetic source's size: 0 documents would pack nothing
     if d.minhash_ngram <= 0 or d.minhash_bands <= 0 or d.minhash_rows <= 0 or d.minhash_bands * d.minhash_rows > 256:
         raise ConfigError(f"data.minhash_bands x data.minhash_rows = {d.minhash_bands} x {d.minhash_rows} must be "

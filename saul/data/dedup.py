@@ -3,10 +3,13 @@
     signatures  per input shard, on every rank: a 256-permutation MinHash of each document's
                 word 5-grams (text-dedup's defaults: lower-cased, split on non-alphanumerics),
                 saved next to the shard's documents
-    buckets     after all shards: 42 bands x 6 rows; documents whose band values agree in any
-                band share a bucket
-    clusters    union-find over buckets (transitive, like text-dedup's clustering), joining two
-                documents of a bucket only if their 256-value signatures agree on >= 50 %
+    buckets     after all shards, spread over the ranks by band (rank r takes bands r, r+N, ...,
+                as datatrove's bucket stage takes a band range per task): 42 bands x 6 rows;
+                documents whose band values agree share a bucket; within a band, two documents
+                of a bucket are joined only if their 256-value signatures agree on >= 50 %, and
+                the band's result is a spanning forest of its clusters (`band_edges`)
+    clusters    union-find over every band's forest (transitive, like text-dedup's clustering):
+                the same clusters whatever the split of bands over ranks
     filter      keep the first document of each cluster (sources in order, files sorted,
                 records in file order), remove the rest as `near_duplicate`
 Exact duplicates (SHA-256 of the lower-cased, whitespace-collapsed text) go first, the same way.
@@ -42,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -196,39 +199,79 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def near_duplicate_of(signatures: np.ndarray, bands: int, rows: int,
-                      verify: float = VERIFY_JACCARD) -> List[int]:
-    """For documents in keep-priority order: -1 for a kept document, else the index of the kept
-    document of its cluster. Two documents sharing a bucket are joined only when their whole
-    signatures agree on at least `verify` of the values (the Jaccard estimate)."""
-    check_bands(bands, rows, signatures.shape[1] if signatures.ndim == 2 else NUM_PERM)
-    n = len(signatures)
+def band_key(columns: np.ndarray) -> np.ndarray:
+    """One band's `rows` values per document folded into one 64-bit key (sorting uint64 is ~5x
+    faster than rows of bytes); a collision could only propose a pair, which the signature check
+    then rejects."""
+    key = np.zeros(len(columns), dtype=np.uint64)
+    for j in range(columns.shape[1]):
+        key = _fmix64(key ^ columns[:, j].astype(np.uint64))
+    return key
+
+
+def band_edges(key: np.ndarray, signatures_of: Callable[[np.ndarray], np.ndarray],
+               verify: float = VERIFY_JACCARD) -> np.ndarray:
+    """The buckets and clusters of one band: documents (in keep-priority order) whose keys agree
+    are joined when their whole signatures (`signatures_of(indices)` -> rows) agree on at least
+    `verify` of the values. Returns a spanning forest of the band's clusters as (root, member)
+    pairs, root the earliest document: the union over bands, in any split and any order, gives
+    the same clusters as one pass over all bands (`clusters_from_edges`)."""
+    _, bucket, size = np.unique(key, return_inverse=True, return_counts=True)
+    bucket = bucket.ravel()
+    shared = np.flatnonzero(size[bucket] > 1)  # only documents that share a bucket need Python
+    if not len(shared):
+        return np.empty((0, 2), dtype=np.int64)
+    grouped = shared[np.argsort(bucket[shared], kind="stable")]  # by bucket, document order inside
+    rows = signatures_of(grouped)
+    row_of = {int(d): k for k, d in enumerate(grouped)}
+    parent: Dict[int, int] = {}
+
+    def find(x: int) -> int:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for members in np.split(grouped, np.flatnonzero(np.diff(bucket[grouped])) + 1):
+        members = members.tolist()
+        for k in range(1, len(members)):
+            i = members[k]
+            root = find(i)
+            others = [m for m in members[:min(k, _MAX_BUCKET_CHECKS)] if find(m) != root]
+            if others:
+                agree = (rows[[row_of[m] for m in others]] == rows[row_of[i]]).mean(axis=1)
+                for m, share in zip(others, agree):
+                    if share >= verify:
+                        ra, rb = find(m), find(i)
+                        if ra != rb:  # the earlier document stays the root: it is the one kept
+                            parent[max(ra, rb)] = min(ra, rb)
+    edges = [(find(d), d) for d in parent if find(d) != d]
+    return np.array(sorted(edges), dtype=np.int64).reshape(-1, 2)
+
+
+def clusters_from_edges(n: int, edges: Iterable[np.ndarray]) -> List[int]:
+    """The filter: -1 for a kept document, else the index of the kept (earliest) document of its
+    cluster, from the bands' edges."""
     uf = _UnionFind(n)
-    for band in range(bands):
-        # The band's values folded into one 64-bit key (sorting uint64 is ~5x faster than rows of
-        # bytes); a collision could only propose a pair, which the signature check then rejects.
-        key = np.zeros(n, dtype=np.uint64)
-        for j in range(band * rows, (band + 1) * rows):
-            key = _fmix64(key ^ signatures[:, j].astype(np.uint64))
-        _, bucket, size = np.unique(key, return_inverse=True, return_counts=True)
-        bucket = bucket.ravel()
-        shared = np.flatnonzero(size[bucket] > 1)  # only documents that share a bucket need Python
-        if not len(shared):
-            continue
-        grouped = shared[np.argsort(bucket[shared], kind="stable")]  # by bucket, document order inside
-        for members in np.split(grouped, np.flatnonzero(np.diff(bucket[grouped])) + 1):
-            members = members.tolist()
-            for k in range(1, len(members)):
-                i = members[k]
-                root = uf.find(i)
-                others = [m for m in members[:min(k, _MAX_BUCKET_CHECKS)] if uf.find(m) != root]
-                if others:
-                    agree = (signatures[others] == signatures[i]).mean(axis=1)
-                    for m, share in zip(others, agree):
-                        if share >= verify:
-                            uf.union(m, i)
+    for pairs in edges:
+        for a, b in pairs.tolist():
+            uf.union(a, b)
     roots = [uf.find(i) for i in range(n)]
     return [-1 if root == i else root for i, root in enumerate(roots)]
+
+
+def near_duplicate_of(signatures: np.ndarray, bands: int, rows: int,
+                      verify: float = VERIFY_JACCARD) -> List[int]:
+    """All bands in one process: for documents in keep-priority order, -1 for a kept document,
+    else the index of the kept document of its cluster. Two documents sharing a bucket are joined
+    only when their whole signatures agree on at least `verify` of the values (the Jaccard
+    estimate). The prepare pipeline runs the same `band_edges` spread over its ranks."""
+    check_bands(bands, rows, signatures.shape[1] if signatures.ndim == 2 else NUM_PERM)
+    edges = [band_edges(band_key(signatures[:, band * rows:(band + 1) * rows]),
+                        lambda idx: signatures[idx], verify) for band in range(bands)]
+    return clusters_from_edges(len(signatures), edges)
 
 
 def exact_duplicate_of(keys: Sequence[str]) -> List[int]:

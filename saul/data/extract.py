@@ -18,7 +18,11 @@ A file or record that cannot be read becomes an `Extracted` with `skip` set (rea
 A source whose path does not exist or holds no files is a configuration error (DatasetError).
 
 doc_id: the file's path relative to the source root, plus `#N` for record N (0-based) of a
-JSONL/Parquet file. Torch-free.
+JSONL/Parquet file. `extract(..., part=(start, end))` reads one part of a JSONL file (the lines
+that start in bytes [start, end)) or of a Parquet file (row groups [start, end)), see
+saul.data.pieces; its records are numbered from 0 within the part (`Extracted.record`), and the
+generator returns how many records the part holds, so the pipeline can number them in the whole
+file afterwards without reading the file twice. Torch-free.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Generator, Iterator, List, Optional, Sequence, Tuple
 
 from saul.data.dataset import DatasetError
 
@@ -54,6 +58,7 @@ class Source:
     weight: Optional[float]
     format: str
     text_field: str
+    perplexity: bool  # through the KenLM filter (when data.kenlm_model is set)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Extracted:
     text: str = ""
     skip: str = ""  # "" = a document; else extraction_failed | empty
     detail: str = ""
+    record: Optional[int] = None  # JSONL line / Parquet row within the part read; None: a whole file
 
 
 def resolve_sources(cfg_data) -> List[Source]:
@@ -106,8 +112,14 @@ def resolve_sources(cfg_data) -> List[Source]:
         if name in names:
             name = f"{name}-{i}"
         names.add(name)
+        # The KenLM model is trained on legal text: other roles (replay, math, instructions) would
+        # score as off-domain and be dropped wholesale, so they skip the filter unless asked.
+        perplexity = spec.role == "legal" if spec.perplexity is None else bool(spec.perplexity)
+        if spec.perplexity and not cfg_data.kenlm_model:
+            raise DatasetError(f"{where}.perplexity=true but data.kenlm_model is empty: give the KenLM model "
+                               f"(ARPA or binary), or drop the source's perplexity setting")
         sources.append(Source(i, name, root, pattern, spec.role, spec.weight, spec.format,
-                              spec.text_field))
+                              spec.text_field, perplexity))
     if not sources:
         raise DatasetError("data.sources is empty")
     if sum(s.weight or 0.0 for s in sources) >= 1.0:
@@ -171,9 +183,11 @@ def require_pdftotext() -> str:
 
 
 def extract(file: InputFile, text_field: str = "text", num_synthetic: int = 0,
-            seed: int = 0) -> Iterator[Extracted]:
-    """The documents of one file; failures come back as skips, never as exceptions."""
+            seed: int = 0, part: Optional[Tuple[int, Optional[int]]] = None) -> Generator[Extracted, None, int]:
+    """The documents of one file, or of one part of a JSONL/Parquet file; failures come back as
+    skips, never as exceptions. Returns the part's record count (0 for other formats)."""
     fmt = file.format
+    whole = part is None or part[0] == 0  # a file-level failure is reported once, by its first part
     if fmt == "synthetic":
         from saul.data.synthetic import generate_corpus
 
@@ -193,15 +207,18 @@ def extract(file: InputFile, text_field: str = "text", num_synthetic: int = 0,
         elif fmt == "txt":
             yield _one(file.rel, _decode(file.path.read_bytes()))
         elif fmt == "jsonl":
-            yield from _jsonl(file, text_field)
+            return (yield from _jsonl(file, text_field, *(part or (0, None))))
         elif fmt == "parquet":
-            yield from _parquet(file, text_field)
+            return (yield from _parquet(file, text_field, *(part or (0, None))))
         else:
             raise ValueError(f"unsupported format {fmt}")
     except _Unreadable as exc:
-        yield Extracted(file.rel, skip="extraction_failed", detail=str(exc))
+        if whole:
+            yield Extracted(file.rel, skip="extraction_failed", detail=str(exc))
     except OSError as exc:
-        yield Extracted(file.rel, skip="extraction_failed", detail=f"cannot read: {exc.strerror or exc}")
+        if whole:
+            yield Extracted(file.rel, skip="extraction_failed", detail=f"cannot read: {exc.strerror or exc}")
+    return 0
 
 
 class _Unreadable(Exception):
@@ -265,24 +282,44 @@ def _record_text(record, text_field: str) -> str:
     return value
 
 
-def _jsonl(file: InputFile, text_field: str) -> Iterator[Extracted]:
-    with open(file.path, "rb") as f:
-        for n, line in enumerate(f):
-            doc_id = f"{file.rel}#{n}"
-            if not line.strip():
-                continue
-            try:
-                text = _record_text(json.loads(_decode(line)), text_field)
-            except _Unreadable as exc:
-                yield Extracted(doc_id, skip="extraction_failed", detail=str(exc))
-                continue
-            except json.JSONDecodeError as exc:
-                yield Extracted(doc_id, skip="extraction_failed", detail=f"bad JSON: {exc.msg}")
-                continue
-            yield _one(doc_id, text)
+def _jsonl_lines(path: Path, start: int, end: Optional[int]) -> List[bytes]:
+    """The lines (split at \\n only) that start in bytes [start, end): one read of the range, plus
+    the rest of a line that runs past `end`."""
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # to the first line start >= start (byte start-1 a newline: start itself)
+        first = f.tell()
+        data = f.read() if end is None else (f.read(end - first) if end > first else b"")
+        if data and not data.endswith(b"\n") and end is not None:
+            data += f.readline()
+    lines = data.split(b"\n")
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
-def _parquet(file: InputFile, text_field: str) -> Iterator[Extracted]:
+def _jsonl(file: InputFile, text_field: str, start: int = 0, end: Optional[int] = None
+           ) -> Generator[Extracted, None, int]:
+    lines = _jsonl_lines(file.path, start, end)
+    for n, line in enumerate(lines):
+        doc_id = f"{file.rel}#{n}"
+        if not line.strip():
+            continue
+        try:
+            text = _record_text(json.loads(_decode(line)), text_field)
+        except _Unreadable as exc:
+            yield Extracted(doc_id, skip="extraction_failed", detail=str(exc), record=n)
+            continue
+        except json.JSONDecodeError as exc:
+            yield Extracted(doc_id, skip="extraction_failed", detail=f"bad JSON: {exc.msg}", record=n)
+            continue
+        one = _one(doc_id, text)
+        one.record = n
+        yield one
+    return len(lines)
+
+
+def _parquet(file: InputFile, text_field: str, start: int = 0, end: Optional[int] = None
+             ) -> Generator[Extracted, None, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -291,16 +328,21 @@ def _parquet(file: InputFile, text_field: str) -> Iterator[Extracted]:
         if text_field not in reader.schema_arrow.names:
             raise _Unreadable(f"no column {text_field!r} (columns: "
                               f"{', '.join(reader.schema_arrow.names[:8])}); set text_field")
+        groups = list(range(start, reader.metadata.num_row_groups if end is None else end))
+        rows = sum(reader.metadata.row_group(g).num_rows for g in groups)  # the part's records, read or not
         n = 0
-        for batch in reader.iter_batches(columns=[text_field], batch_size=1024):
+        for batch in reader.iter_batches(columns=[text_field], batch_size=1024, row_groups=groups):
             for value in batch.column(0).to_pylist():
                 doc_id = f"{file.rel}#{n}"
-                n += 1
                 if not isinstance(value, str):
                     yield Extracted(doc_id, skip="extraction_failed",
-                                    detail=f"{text_field!r} is {type(value).__name__}, not a string")
+                                    detail=f"{text_field!r} is {type(value).__name__}, not a string", record=n)
                 else:
-                    yield _one(doc_id, value)
+                    one = _one(doc_id, value)
+                    one.record = n
+                    yield one
+                n += 1
+        return rows
     except (pa.ArrowException, OSError) as exc:
         raise _Unreadable(f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
 

@@ -1,25 +1,29 @@
 """The real prepare stage: data.sources -> cleaned, filtered, deduplicated, mixed, packed dataset.
 
-Two phases, on the stage's N ranks (no process group: ranks meet through the filesystem):
-  1. per input shard (files dealt by size onto shards, see deal_shards; rank r takes shards
-     r, r+N, ...):
-     extraction -> cleaning -> perplexity -> decontamination -> MinHash signatures. A shard's
-     results go to <work>/shard-NNNNN/ (docs.jsonl records, texts.bin + texts.idx, removed.jsonl,
-     signatures.u32) and its `done.json` marker (counters, CPU seconds per step) is written
-     last, so a killed or requeued prepare redoes only the shards without one.
-  2. on rank 0, once every marker is there: exact dedup, near dedup (buckets, clusters,
-     filter), the model's tokenizer, tokenization, mixture, packing and the audit files, all
-     in a temporary directory renamed onto the dataset path (saul.data.prepare).
-The work directory is named after the inputs' fingerprint (sources, file sizes and mtimes,
-every setting) and the shard count: changed inputs never reuse stale shards, and the same
-inputs reuse the finished dataset on any rank count. Every step's CPU seconds (with pdftotext's)
-go into the manifest's metadata, per step (`cpu_seconds`) and per rank for phase 1, which is
-what benchmarks/data_pipeline.py reads. Torch-free.
+Three phases, on the stage's N ranks (no process group: ranks meet through the filesystem):
+  1. per piece (about data.piece_mb of input: small files grouped, a big JSONL cut into byte
+     ranges at line starts, a big Parquet file into row groups; saul.data.pieces; dealt onto
+     ranks by size): extraction -> cleaning -> perplexity -> decontamination -> MinHash
+     signatures and exact-dedup keys. A piece's results go to <work>/piece-NNNNN/ and its
+     `done.json` marker (counters, record counts of its parts, CPU seconds per step) is written
+     last, so a killed or requeued prepare redoes only the pieces without one, on any rank count.
+  2. once every marker is there, on every rank: near-dedup buckets, band by band (rank r takes
+     bands r, r+N, ...): each band's clusters as a spanning forest in <work>/bands/band-BBB.i8.
+  3. on rank 0, once every band is there: exact dedup, clusters and filter over the bands'
+     forests, the model's tokenizer, tokenization, mixture, packing and the audit files, all in a
+     temporary directory renamed onto the dataset path (saul.data.prepare).
+Records are numbered in their whole file at the merge (a part counts its records; the part's
+first record number is the sum over the file's earlier parts), and documents go back to input
+order, so 1 or N ranks and any piece size give the same dataset and audit. The work directory
+is named after the inputs' fingerprint and the piece size; rank 0 removes any other work
+directory of the same dataset (other inputs or another piece size: nothing there can be used).
+Every step's CPU seconds (with pdftotext's) go into the manifest's metadata, per step
+(`cpu_seconds`) and per rank for phases 1 and 2, which is what benchmarks/data_pipeline.py
+reads. Torch-free.
 """
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import os
 import shutil
@@ -35,13 +39,15 @@ from saul.data import audit, clean, dedup, extract, mixture, model_tokenizer
 from saul.data.atomic import write_bytes_atomic, write_json_atomic
 from saul.data.dataset import DatasetError
 from saul.data.packing import DEFAULT_SAMPLES_PER_SHARD, FORMAT_VERSION, MANIFEST_FILE, pack_documents
+from saul.data.buckets import Survivors, band_file, run_bands
+from saul.data.pieces import DONE_MARKER, Piece, deal, piece_bytes, piece_dir, plan_pieces
 from saul.data.prepare import TOKENIZER_DIR, existing_dataset, install_atomically
 from saul.data.tokenizer import backend_tokenizer, describe_tokenizer, train_tokenizer
 
-PIPELINE_VERSION = 2  # 2: MinHash shingle hashes from cached word hashes
-DONE_MARKER = "done.json"
+PIPELINE_VERSION = 3  # 3: pieces of files, per-source perplexity, tokens in every funnel step
 _ENCODE_CHUNK = 512
 _WAIT_POLL_S = 1.0
+_PHASE1_STEPS = ("extraction", "cleaning", "perplexity", "decontamination")
 
 
 def cpu_seconds() -> float:
@@ -72,8 +78,8 @@ class StepClock:
 class Outcome:
     status: str  # "done" (rank 0: dataset ready), "shards_done" (other ranks), "stopped"
     manifest: Optional[dict] = None
-    shards_run: int = 0
-    shards_total: int = 0
+    shards_run: int = 0  # pieces run by this rank in this call
+    shards_total: int = 0  # pieces in the plan
 
 
 def _file_id(path: Path) -> Dict:
@@ -84,8 +90,8 @@ def _file_id(path: Path) -> Dict:
 def pipeline_inputs(cfg_data, model_name: str, model_path: str, seq_len: int, seed: int,
                     files: Sequence[extract.InputFile], sources: Sequence[extract.Source]) -> dict:
     """Everything that decides the dataset's bytes (a dataset made from equal inputs is reused).
-    The shard count is not in it: documents are merged in input order, so 1 or N ranks (and any
-    data.num_shards) give the same dataset, and a re-run on another rank count reuses it."""
+    Neither the rank count nor the piece size is in it: documents are merged in input order, so
+    any split gives the same dataset, and a re-run on another rank count reuses it."""
     settings = {k: cfg_data[k] for k in ("tokenizer", "max_perplexity", "min_words", "minhash_ngram",
                                          "minhash_bands", "minhash_rows", "tokenizer_vocab_size",
                                          "num_documents")}
@@ -93,7 +99,8 @@ def pipeline_inputs(cfg_data, model_name: str, model_path: str, seq_len: int, se
         "pipeline_version": PIPELINE_VERSION,
         "format_version": FORMAT_VERSION,
         "sources": [{"name": s.name, "root": str(s.root.absolute()), "pattern": s.pattern, "role": s.role,
-                     "weight": s.weight, "format": s.format, "text_field": s.text_field} for s in sources],
+                     "weight": s.weight, "format": s.format, "text_field": s.text_field,
+                     "perplexity": s.perplexity} for s in sources],
         "files": [[f.source, f.rel, f.format, f.size, f.mtime_ns] for f in files],
         "kenlm_model": _file_id(Path(cfg_data.kenlm_model)) if cfg_data.kenlm_model else None,
         "decontaminate": [_file_id(p) for p in _decontam_files(cfg_data)],
@@ -112,37 +119,33 @@ def fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def work_dir_for(out: Path, inputs: dict, num_shards: int) -> Path:
-    """Shards of other inputs or another split are never mixed: both are in the name."""
-    return out.with_name(f".{out.name}.work-{fingerprint({**inputs, 'num_shards': num_shards})[:16]}")
+def _work_prefix(out: Path) -> str:
+    return f".{out.name}.work-"
 
 
-def deal_shards(files: Sequence[extract.InputFile], num_shards: int) -> List[List[tuple]]:
-    """Files onto shards, largest first onto the lightest shard (by bytes), so one big dump does
-    not share a shard with a hundred PDFs while another shard idles. [(file index, file)] per
-    shard, in input order; the dataset does not depend on the deal (the merge puts documents
-    back in input order)."""
-    loads = [(0, s) for s in range(num_shards)]
-    shards: List[List[tuple]] = [[] for _ in range(num_shards)]
-    for i in sorted(range(len(files)), key=lambda i: (-files[i].size, i)):
-        load, s = heapq.heappop(loads)
-        shards[s].append((i, files[i]))
-        heapq.heappush(loads, (load + max(files[i].size, 1), s))
-    return [sorted(shard, key=lambda item: item[0]) for shard in shards]
+def work_dir_for(out: Path, inputs: dict, size_limit: int) -> Path:
+    """Pieces of other inputs or another piece size are never mixed: both are in the name. The
+    rank count is not: pieces do not depend on it."""
+    return out.with_name(_work_prefix(out) + fingerprint({**inputs, "piece_bytes": size_limit})[:16])
 
 
-def shard_dir(work: Path, index: int) -> Path:
-    return work / f"shard-{index:05d}"
+def remove_stale_work(out: Path, keep: Path) -> List[Path]:
+    """Other work directories of this dataset: made for other inputs or another piece size (or by
+    an older pipeline), no piece of theirs can be part of this build."""
+    stale = [p for p in out.parent.glob(_work_prefix(out) + "*") if p.is_dir() and p != keep]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
-class _ShardRunner:
-    """Phase 1 for one shard; all the per-document steps with their counters."""
+class _PieceRunner:
+    """Phase 1 for one piece; all the per-document steps with their counters."""
 
-    def __init__(self, cfg_data, sources: Sequence[extract.Source], seed: int):
+    def __init__(self, cfg_data, sources: Sequence[extract.Source], files: Sequence[extract.InputFile], seed: int):
         from saul.data.decontaminate import ContaminationIndex
         from saul.data.perplexity import PerplexityScorer
 
-        self.cfg, self.sources, self.seed = cfg_data, sources, seed
+        self.cfg, self.sources, self.files, self.seed = cfg_data, sources, files, seed
         # Plain values: an OmegaConf attribute read costs ~0.1 ms, several per document.
         self.min_words, self.max_perplexity = int(cfg_data.min_words), float(cfg_data.max_perplexity)
         self.num_documents = int(cfg_data.num_documents)
@@ -152,57 +155,73 @@ class _ShardRunner:
             self.index = ContaminationIndex.from_paths(list(cfg_data.decontaminate))
             self.signer = dedup.Signer(cfg_data.minhash_ngram)
 
-    def run(self, files: Sequence[tuple[int, extract.InputFile]], out: Path,
-            should_stop: Callable[[], bool], rank: int = 0) -> bool:
-        kept, removed = [], []
+    def run(self, piece: Piece, out: Path, should_stop: Callable[[], bool], rank: int = 0) -> bool:
+        kept, removed, dropped = [], [], []
         stats: Counter = Counter()
         rule_hits: Counter = Counter()
+        records = []  # [file, part start, records in the part]: numbers records in their whole file
         clock = self.clock
-        for file_index, f in files:
+        for part in piece.parts:
             if should_stop():
                 return False
+            f = self.files[part.file]
             src = self.sources[f.source]
-            records = extract.extract(f, src.text_field, self.num_documents, self.seed)
-            n = 0
+            reader = extract.extract(f, src.text_field, self.num_documents, self.seed,
+                                     None if part.start == 0 and part.end is None else (part.start, part.end))
+            seq = 0
             while True:
-                with clock("extraction"):
-                    ex = next(records, None)
-                if ex is None:
+                try:
+                    with clock("extraction"):
+                        ex = next(reader)
+                except StopIteration as done:
+                    records.append([part.file, part.start, int(done.value or 0)])
                     break
-                doc = self._one(src, ex, stats, rule_hits, removed, clock)
+                where = {"o": [part.file, part.start, seq], "r": ex.record}
+                doc = self._one(src, ex, where, stats, rule_hits, removed, dropped, clock)
                 if doc is not None:
-                    doc["o"] = [file_index, n]
                     kept.append(doc)
-                n += 1
+                seq += 1
         with clock("minhash_signatures"):  # one batched numpy product per ~4k shingles
             sig = self.signer.signatures(d["text"] for d in kept)
+            exact = b"".join(bytes.fromhex(dedup.exact_key(d["text"])) for d in kept)
         out.mkdir(parents=True, exist_ok=True)
         # Texts go apart from their JSON records: raw UTF-8 plus offsets reads back ~10x faster
         # than JSON strings full of escaped line breaks.
-        texts = [d.pop("text").encode("utf-8") for d in kept]
-        offsets = np.concatenate(([0], np.cumsum([len(t) for t in texts], dtype=np.int64)))
-        write_bytes_atomic(out / "texts.bin", b"".join(texts), sync_dir=False)
-        write_bytes_atomic(out / "texts.idx", offsets.astype("<i8").tobytes(), sync_dir=False)
+        _write_texts(out / "texts", [d.pop("text") for d in kept])
+        _write_texts(out / "dropped", dropped)  # removed documents' cleaned text: their tokens in the funnel
+        write_bytes_atomic(out / "order.i8", np.array([d["o"] for d in kept], dtype="<i8").reshape(-1, 3).tobytes(),
+                           sync_dir=False)
+        write_bytes_atomic(out / "exact.bin", exact, sync_dir=False)
         write_bytes_atomic(out / "docs.jsonl", audit.jsonl_bytes(kept), sync_dir=False)
         write_bytes_atomic(out / "removed.jsonl", audit.jsonl_bytes(removed), sync_dir=False)
-        write_bytes_atomic(out / "signatures.u32", sig.astype("<u4").tobytes(), sync_dir=False)
+        # Permutation-major: a bucket task reads its band's rows of every piece as one slice.
+        write_bytes_atomic(out / "signatures.u32", np.ascontiguousarray(sig.T).astype("<u4").tobytes(),
+                           sync_dir=False)
         rows = [{"step": step, "source": source, key: value}
                 for (step, source, key), value in stats.items()]
         write_json_atomic(out / DONE_MARKER, {"docs": len(kept), "stats": rows, "rule_hits": dict(rule_hits),
-                                              "cpu_seconds": dict(clock.seconds), "rank": rank})
+                                              "records": records, "cpu_seconds": dict(clock.seconds),
+                                              "rank": rank})
         clock.seconds.clear()
         return True
 
-    def _one(self, src, ex, stats: Counter, rule_hits: Counter, removed: list,
+    def _one(self, src, ex, where: dict, stats: Counter, rule_hits: Counter, removed: list, dropped: list,
              clock: StepClock) -> Optional[dict]:
         name = src.name
+        entered: List[str] = []  # the steps this document went through: its tokens in the funnel
 
-        def step(step_name: str, words_in: int, reason: str = "", detail: str = "", words_out: int = 0):
+        def step(step_name: str, words_in: int, reason: str = "", detail: str = "", words_out: int = 0,
+                 text: Optional[str] = None):
+            entered.append(step_name)
             stats[(step_name, name, "docs_in")] += 1
             stats[(step_name, name, "words_in")] += words_in
             if reason:
-                removed.append({"source": name, "doc_id": ex.doc_id, "step": step_name,
-                                "reason": reason, "detail": detail})
+                t = -1
+                if text:
+                    t = len(dropped)
+                    dropped.append(text)
+                removed.append({"source": name, "doc_id": ex.doc_id, "step": step_name, "reason": reason,
+                                "detail": detail, **where, "s": entered, "t": t})
                 return False
             stats[(step_name, name, "docs_out")] += 1
             stats[(step_name, name, "words_out")] += words_out
@@ -216,28 +235,61 @@ class _ShardRunner:
             rule_hits.update(cleaned.hits)
             words = len(cleaned.text.split())
             reason, detail = clean.document_verdict(cleaned.text, self.min_words)
-        if not step("cleaning", raw_words, reason, detail, words):
+        if not step("cleaning", raw_words, reason, detail, words, cleaned.text):
             return None
-        if self.scorer is not None and src.role == "legal":  # the model knows legal text only
+        if self.scorer is not None and src.perplexity:
             with clock("perplexity"):
                 ppl = self.scorer.perplexity(cleaned.text)
             bad = ppl > self.max_perplexity
             if not step("perplexity", words, "perplexity" if bad else "",
-                        f"perplexity {ppl:.1f} > {self.max_perplexity:g}", words):
+                        f"perplexity {ppl:.1f} > {self.max_perplexity:g}", words, cleaned.text):
                 return None
         if self.index is not None:
             with clock("decontamination"):
                 gram = self.index.match(cleaned.text)
             if not step("decontamination", words, "decontaminated" if gram else "",
-                        f"shares an evaluation n-gram: {gram!r}", words):
+                        f"shares an evaluation n-gram: {gram!r}", words, cleaned.text):
                 return None
-        return {"source": src.index, "doc_id": ex.doc_id, "text": cleaned.text, "words": words}
+        return {"source": src.index, "doc_id": ex.doc_id, "text": cleaned.text, "words": words, **where,
+                "s": entered}
+
+
+def _write_texts(stem: Path, texts: Sequence[str]) -> None:
+    blobs = [t.encode("utf-8") for t in texts]
+    offsets = np.concatenate(([0], np.cumsum([len(b) for b in blobs], dtype=np.int64)))
+    write_bytes_atomic(stem.with_suffix(".bin"), b"".join(blobs), sync_dir=False)
+    write_bytes_atomic(stem.with_suffix(".idx"), offsets.astype("<i8").tobytes(), sync_dir=False)
+
+
+def _read_texts(stem: Path) -> List[str]:
+    blob = stem.with_suffix(".bin").read_bytes()
+    offsets = np.frombuffer(stem.with_suffix(".idx").read_bytes(), dtype="<i8").tolist()
+    if offsets[-1] != len(blob):
+        raise DatasetError(f"{stem}: texts and offsets disagree; delete {stem.parent.parent} and re-run")
+    return [blob[a:b].decode("utf-8") for a, b in zip(offsets, offsets[1:])]
 
 
 def _read_jsonl(path: Path) -> List[dict]:
     from saul.resilience.ledger import read
 
     return list(read(path))
+
+
+def _wait_for(paths: Callable[[], bool], what: str, out: Path, inputs: dict, should_stop, beat, step: int,
+              timeout_s: float) -> str:
+    """Poll until `paths()` holds: "ready", "stopped", or "built" (another attempt finished the
+    dataset meanwhile)."""
+    deadline = time.time() + timeout_s
+    while not paths():
+        if should_stop():
+            return "stopped"
+        if existing_dataset(out, inputs) is not None:
+            return "built"
+        if time.time() > deadline:
+            raise DatasetError(f"prepare: {what} still unfinished after {timeout_s:.0f} s")
+        beat(step, "train")
+        time.sleep(_WAIT_POLL_S)
+    return "ready"
 
 
 def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
@@ -249,80 +301,131 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
     """Run this rank's part of the prepare pipeline for `cfg` (a RunConfig)."""
     data = cfg.data
     out = Path(out_dir).absolute()
+    world = max(world, 1)
     sources = extract.resolve_sources(data)
     files = extract.files_for(sources)
     if any(f.format == "pdf" for f in files):
         extract.require_pdftotext()
-    num_shards = int(data.num_shards) or min(len(files), 4 * max(world, 1))
+    size_limit = piece_bytes(float(data.piece_mb))
+    pieces = plan_pieces(files, size_limit)
     inputs = pipeline_inputs(data, cfg.model.name, cfg.model.path, cfg.train.seq_len, cfg.seed, files, sources)
     found = existing_dataset(out, inputs)
     if found is not None:
-        return Outcome("done" if rank == 0 else "shards_done", found, 0, num_shards)
-    work = work_dir_for(out, inputs, num_shards)
+        return Outcome("done" if rank == 0 else "shards_done", found, 0, len(pieces))
+    work = work_dir_for(out, inputs, size_limit)
+    if rank == 0:
+        for stale in remove_stale_work(out, work):
+            say(f"prepare: removed {stale.name} (made for other inputs or another data.piece_mb)")
     work.mkdir(parents=True, exist_ok=True)
-    shards = deal_shards(files, num_shards)
-    runner = _ShardRunner(data, sources, cfg.seed)
+    runner = _PieceRunner(data, sources, files, cfg.seed)
     ran = 0
-    for s in range(rank, num_shards, world):
-        target = shard_dir(work, s)
+    for p in deal(pieces, world)[rank]:
+        target = piece_dir(work, p)
         if (target / DONE_MARKER).is_file():
             continue
-        beat(s, "train")
-        if not runner.run(shards[s], target, should_stop, rank):
-            return Outcome("stopped", None, ran, num_shards)
+        beat(p, "train")
+        if not runner.run(pieces[p], target, should_stop, rank):
+            return Outcome("stopped", None, ran, len(pieces))
         ran += 1
-        say(f"prepare: shard {s + 1}/{num_shards} done ({len(shards[s])} files)")
+        say(f"prepare: piece {p + 1}/{len(pieces)} done ({len(pieces[p].parts)} parts)")
+    wait = _wait_for(lambda: all((piece_dir(work, p) / DONE_MARKER).is_file() for p in range(len(pieces))),
+                     "pieces", out, inputs, should_stop, beat, len(pieces), wait_timeout_s)
+    if wait != "ready":
+        return Outcome("stopped" if wait == "stopped" else "shards_done", existing_dataset(out, inputs),
+                       ran, len(pieces))
+    bands, rows = int(data.minhash_bands), int(data.minhash_rows)
+    t0 = cpu_seconds()
+    done_bands = run_bands(work, len(pieces), bands, rows, range(rank, bands, world), should_stop)
+    band_seconds = cpu_seconds() - t0
+    if done_bands:  # provenance: how many bands this rank ran, in how many CPU seconds (over attempts)
+        mark = work / "bands" / f"rank-{rank:05d}.json"
+        before = json.loads(mark.read_text(encoding="utf-8")) if mark.is_file() else {"bands": 0, "cpu_seconds": 0.0}
+        write_json_atomic(mark, {"rank": rank, "bands": before["bands"] + done_bands,
+                                 "cpu_seconds": before["cpu_seconds"] + band_seconds}, sync_dir=False)
+    if should_stop():
+        return Outcome("stopped", None, ran, len(pieces))
     if rank != 0:
-        return Outcome("shards_done", None, ran, num_shards)
-    deadline = time.time() + wait_timeout_s
-    while not all((shard_dir(work, s) / DONE_MARKER).is_file() for s in range(num_shards)):
-        if should_stop():
-            return Outcome("stopped", None, ran, num_shards)
-        if time.time() > deadline:
-            raise DatasetError(f"prepare: shards still unfinished after {wait_timeout_s:.0f} s in {work}")
-        beat(num_shards, "train")
-        time.sleep(_WAIT_POLL_S)
-    beat(num_shards, "save")
-    manifest = install_atomically(out, inputs, lambda tmp: _merge(tmp, cfg, inputs, sources, work,
-                                                                   num_shards, samples_per_shard, say))
+        return Outcome("shards_done", None, ran, len(pieces))
+    wait = _wait_for(lambda: all(band_file(work, b).is_file() for b in range(bands)), "near-dedup bands",
+                     out, inputs, should_stop, beat, len(pieces), wait_timeout_s)
+    if wait != "ready":
+        return Outcome("stopped", None, ran, len(pieces)) if wait == "stopped" else \
+            Outcome("done", existing_dataset(out, inputs), ran, len(pieces))
+    beat(len(pieces), "save")
+    manifest = install_atomically(out, inputs, lambda tmp: _merge(tmp, cfg, inputs, sources, files, work,
+                                                                   len(pieces), samples_per_shard, say))
     shutil.rmtree(work, ignore_errors=True)
-    return Outcome("done", manifest, ran, num_shards)
+    return Outcome("done", manifest, ran, len(pieces))
 
 
-def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
+def _record_bases(markers: Sequence[dict]) -> Dict[tuple, int]:
+    """(file, part start) -> the number of the part's first record in its whole file."""
+    by_file: Dict[int, List[tuple]] = {}
+    for marker in markers:
+        for f, start, count in marker["records"]:
+            by_file.setdefault(f, []).append((start, count))
+    bases = {}
+    for f, parts in by_file.items():
+        total = 0
+        for start, count in sorted(parts):
+            bases[f, start] = total
+            total += count
+    return bases
+
+
+def _whole_file_ids(entries: List[dict], files: Sequence[extract.InputFile], bases: Dict[tuple, int]) -> None:
+    """Record doc_ids numbered within a part become `relpath#N` with N the record's position in the file."""
+    for e in entries:
+        if e.get("r") is not None:
+            f, start, _ = e["o"]
+            e["doc_id"] = f"{files[f].rel}#{bases[f, start] + e['r']}"
+
+
+def _merge(tmp: Path, cfg, inputs: dict, sources, files, work: Path, num_pieces: int,
            samples_per_shard: int, say) -> dict:
     data = cfg.data
     clock = StepClock()
     docs: List[dict] = []
-    sigs: List[np.ndarray] = []
-    removed: List[dict] = []
+    removed: List[dict] = []  # phase 1's, then each later step's
+    dropped_texts: List[str] = []
+    markers: List[dict] = []
     stats: List[dict] = []
     rule_hits: Counter = Counter()
-    shard_seconds: Counter = Counter()
-    rank_seconds: Counter = Counter()  # phase-1 CPU seconds per rank that ran the shards
+    piece_seconds: Counter = Counter()
+    rank_seconds: Counter = Counter()  # phase-1 and bucket CPU seconds per rank
     with clock("merge_read"):
-        for s in range(num_shards):
-            d = shard_dir(work, s)
+        for p in range(num_pieces):
+            d = piece_dir(work, p)
             marker = json.loads((d / DONE_MARKER).read_text(encoding="utf-8"))
-            shard_docs = _read_jsonl(d / "docs.jsonl")
-            sig = np.frombuffer((d / "signatures.u32").read_bytes(), dtype="<u4").reshape(-1, dedup.NUM_PERM)
-            blob = (d / "texts.bin").read_bytes()
-            offsets = np.frombuffer((d / "texts.idx").read_bytes(), dtype="<i8").tolist()
-            if not (len(sig) == len(shard_docs) == marker["docs"] == len(offsets) - 1) or offsets[-1] != len(blob):
-                raise DatasetError(f"{d}: documents, texts and signatures disagree; delete {work} and re-run")
-            for doc, start, end in zip(shard_docs, offsets, offsets[1:]):
-                doc["text"] = blob[start:end].decode("utf-8")
-            docs.extend(shard_docs)
-            sigs.append(sig)
-            removed.extend(_read_jsonl(d / "removed.jsonl"))
+            piece_docs = _read_jsonl(d / "docs.jsonl")
+            texts = _read_texts(d / "texts")
+            if not (len(texts) == len(piece_docs) == marker["docs"]):
+                raise DatasetError(f"{d}: documents and texts disagree; delete {work} and re-run")
+            for doc, text in zip(piece_docs, texts):
+                doc["text"] = text
+            docs.extend(piece_docs)
+            base = len(dropped_texts)
+            dropped_texts.extend(_read_texts(d / "dropped"))
+            for r in _read_jsonl(d / "removed.jsonl"):
+                r["t"] = base + r["t"] if r["t"] >= 0 else -1
+                removed.append(r)
+            markers.append(marker)
             stats.extend(marker["stats"])
             rule_hits.update(marker["rule_hits"])
-            shard_seconds.update(marker.get("cpu_seconds", {}))
+            piece_seconds.update(marker.get("cpu_seconds", {}))
             rank_seconds[str(marker.get("rank", 0))] += sum(marker.get("cpu_seconds", {}).values())
-        sig_all = np.concatenate(sigs) if sigs else np.empty((0, dedup.NUM_PERM), dtype=np.uint32)
-        order = sorted(range(len(docs)), key=lambda i: docs[i]["o"])
-        docs = [docs[i] for i in order]
-        sig_all = sig_all[order]
+        bands_by_rank: Dict[str, int] = {}
+        for f in sorted((work / "bands").glob("rank-*.json")):
+            band = json.loads(f.read_text(encoding="utf-8"))
+            rank_seconds[str(band["rank"])] += band["cpu_seconds"]
+            piece_seconds["near_dedup_buckets"] += band["cpu_seconds"]
+            bands_by_rank[str(band["rank"])] = band["bands"]
+        bases = _record_bases(markers)
+        _whole_file_ids(docs, files, bases)
+        _whole_file_ids(removed, files, bases)
+        removed.sort(key=lambda r: r["o"])  # input order, whatever the split
+        survivors = Survivors(work, num_pieces)
+        docs = [docs[i] for i in survivors.perm]  # input order
     names = [s.name for s in sources]
 
     def global_step(step: str, dup_of: Sequence[int], pool: List[dict], reason: str, label: str) -> List[int]:
@@ -330,6 +433,7 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
         counts: Counter = Counter()
         for i, (doc, j) in enumerate(zip(pool, dup_of)):
             name = names[doc["source"]]
+            doc["s"] = doc["s"] + [step]
             counts[name, "docs_in"] += 1
             counts[name, "words_in"] += doc["words"]
             if j < 0:
@@ -337,18 +441,19 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
                 counts[name, "docs_out"] += 1
                 counts[name, "words_out"] += doc["words"]
             else:
-                removed.append({"source": name, "doc_id": doc["doc_id"], "step": step,
-                                "reason": reason, "detail": f"{label} of {pool[j]['doc_id']}"})
+                removed.append({"source": name, "doc_id": doc["doc_id"], "step": step, "reason": reason,
+                                "detail": f"{label} of {pool[j]['doc_id']}", "s": doc["s"], "text": doc["text"]})
         stats.extend({"step": step, "source": name, key: value} for (name, key), value in counts.items())
         return keep
 
     with clock("exact_dedup"):
-        keep = global_step("exact_dedup", dedup.exact_duplicate_of([dedup.exact_key(d["text"]) for d in docs]),
-                           docs, "exact_duplicate", "duplicate")
-        docs, sig_all = [docs[i] for i in keep], sig_all[keep]
-    with clock("near_dedup"):  # buckets, clusters, filter
-        keep = global_step("near_dedup", dedup.near_duplicate_of(sig_all, data.minhash_bands, data.minhash_rows),
-                           docs, "near_duplicate", "near-duplicate")
+        keep = global_step("exact_dedup", survivors.exact_dup_of.tolist(), docs, "exact_duplicate", "duplicate")
+        docs = [docs[i] for i in keep]
+    with clock("near_dedup"):  # clusters and filter over the bands' forests (buckets: phase 2)
+        edges = [np.frombuffer(band_file(work, b).read_bytes(), dtype="<i8").reshape(-1, 2)
+                 for b in range(int(data.minhash_bands))]
+        keep = global_step("near_dedup", dedup.clusters_from_edges(len(docs), edges), docs,
+                           "near_duplicate", "near-duplicate")
         docs = [docs[i] for i in keep]
     if not docs:
         raise DatasetError("prepare: no document survived the filters (see the counts above); "
@@ -371,12 +476,22 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
         described = describe_tokenizer(backend_tokenizer(tok_dir))
         backend = described.backend
     tokenizer_info["vocab_size"] = described.vocab_size
-    ids: List[List[int]] = []
-    with clock("tokenization"):
-        for start in range(0, len(texts), _ENCODE_CHUNK):
-            ids.extend(enc.ids for enc in backend.encode_batch_fast(texts[start:start + _ENCODE_CHUNK],
+
+    def encode(batch: Sequence[str]) -> List[List[int]]:
+        ids: List[List[int]] = []
+        for start in range(0, len(batch), _ENCODE_CHUNK):
+            ids.extend(enc.ids for enc in backend.encode_batch_fast(list(batch[start:start + _ENCODE_CHUNK]),
                                                                     add_special_tokens=False))
+        return ids
+
+    with clock("tokenization"):
+        ids = encode(texts)
     doc_tokens = [len(x) + 1 for x in ids]  # + the EOS the packer appends
+    with clock("funnel_tokens"):  # the removed documents' tokens, for the funnel (never packed)
+        removed_texts = [r.pop("text", None) or (dropped_texts[r["t"]] if r.get("t", -1) >= 0 else "")
+                         for r in removed]
+        removed_tokens = [len(x) + 1 if text else 0 for x, text in zip(encode(removed_texts), removed_texts)]
+        stats.extend(_token_stats(names, docs, doc_tokens, removed, removed_tokens))
 
     with clock("mixture"):
         copies, shares = mixture.plan_mixture(names, [s.weight for s in sources], [d["source"] for d in docs],
@@ -399,6 +514,7 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
             per_source_tokens[name] += tokens * n
             kept_audit.append({"source": name, "doc_id": doc["doc_id"], "tokens": tokens * n, "copies": n})
         stats.extend({"step": "mixture", "source": name, key: value} for (name, key), value in mix_counts.items())
+    removed = [{k: r[k] for k in ("source", "doc_id", "step", "reason", "detail")} for r in removed]
 
     summary = {
         "mixture": mixture.shares_table(shares),
@@ -406,7 +522,8 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
                   "rows": data.minhash_rows,
                   "recall_curve": dedup.recall_curve(data.minhash_bands, data.minhash_rows)},
         "tokenizer": tokenizer_info,
-        "perplexity": {"model": data.kenlm_model, "max": data.max_perplexity} if data.kenlm_model else None,
+        "perplexity": {"model": data.kenlm_model, "max": data.max_perplexity,
+                       "sources": [s.name for s in sources if s.perplexity]} if data.kenlm_model else None,
         "decontamination": {"paths": list(data.decontaminate)} if data.decontaminate else None,
         "cleaning_rule_hits": dict(rule_hits),
     }
@@ -419,9 +536,29 @@ def _merge(tmp: Path, cfg, inputs: dict, sources, work: Path, num_shards: int,
     with clock("packing"):
         manifest = pack_documents(packed, tokenizer=described, seq_len=int(cfg.train.seq_len), out_dir=tmp,
                                   seed=int(cfg.seed), samples_per_shard=samples_per_shard, metadata=metadata)
-    # CPU seconds per step, the shards' summed over ranks. Provenance only (the fingerprint leaves
-    # metadata out), so the manifest is rewritten with them: still inside the temporary directory.
-    manifest["metadata"]["cpu_seconds"] = {k: round(v, 3) for k, v in (shard_seconds + clock.seconds).items()}
+    # CPU seconds per step, the pieces' and bands' summed over ranks. Provenance only (the
+    # fingerprint leaves metadata out), so the manifest is rewritten with them: still inside the
+    # temporary directory.
+    manifest["metadata"]["cpu_seconds"] = {k: round(v, 3) for k, v in (piece_seconds + clock.seconds).items()}
     manifest["metadata"]["shard_cpu_seconds_by_rank"] = {k: round(v, 3) for k, v in sorted(rank_seconds.items())}
+    manifest["metadata"]["near_dedup_bands_by_rank"] = bands_by_rank
     write_json_atomic(tmp / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _token_stats(names: Sequence[str], kept: Sequence[dict], kept_tokens: Sequence[int],
+                 removed: Sequence[dict], removed_tokens: Sequence[int]) -> List[dict]:
+    """tokens_in / tokens_out of every step before the mixture, per source: each document's tokens
+    (its cleaned text in the model's tokenizer, + EOS; 0 without text) go into every step it
+    entered (`s`), and out of every step it passed."""
+    counts: Counter = Counter()
+    for doc, tokens in zip(kept, kept_tokens):
+        for step in doc["s"]:
+            counts[step, names[doc["source"]], "tokens_in"] += tokens
+            counts[step, names[doc["source"]], "tokens_out"] += tokens
+    for r, tokens in zip(removed, removed_tokens):
+        for k, step in enumerate(r["s"]):
+            counts[step, r["source"], "tokens_in"] += tokens
+            if k < len(r["s"]) - 1:
+                counts[step, r["source"], "tokens_out"] += tokens
+    return [{"step": step, "source": source, key: value} for (step, source, key), value in counts.items()]

@@ -8,7 +8,7 @@
     legal/dumps/    JSONL with exact duplicates, near duplicates (~1 word in 40 changed), junk
                     (keyboard mash, number tables), documents quoting LegalBench test rows, a bad
                     JSON line; a binary file and a Latin-1 text file
-    replay/         general-domain JSONL;  math/  a Parquet file
+    replay/         general-domain JSONL;  math/  a Parquet file in row groups of 4 rows
     lm-train.txt    cleaned legal text (other seed) for training the KenLM model with lmplz
     planted.json    the answers: which doc_ids are duplicates, junk, contaminated, unreadable
 `python -m saul.data.raw_corpus ROOT [--legalbench DIR] [--kenlm]` does the same from the shell.
@@ -171,7 +171,8 @@ def write_raw_corpus(root: Path, seed: int = 0, num_docs: int = 48,
 
     maths = [" ".join(f"Let x = {a} and y = {a + 3}. Then x plus y equals {2 * a + 3}, and the product "
                       f"x times y equals {a * (a + 3)}." for a in range(s, s + 8)) for s in range(0, 120, 8)]
-    pq.write_table(pa.table({"text": maths}), root / "math/problems.parquet")
+    # Row groups of 4 problems: a small data.piece_mb cuts the file between them (saul.data.pieces).
+    pq.write_table(pa.table({"text": maths}), root / "math/problems.parquet", row_group_size=4)
     lm_text = "\n".join(d.text for d in generate_corpus(200, seed + 1000))
     write_text_atomic(root / "lm-train.txt", lm_text, sync_dir=False)
     write_json_atomic(root / "planted.json", planted)

@@ -67,3 +67,28 @@ def test_recall_curve_before_and_after_the_check():
     assert [round(curve[j][0], 3) for j in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)] == [0.030, 0.158, 0.484, 0.866, 0.995, 1.0]
     assert curve[0.3][1] < 1e-6 and curve[0.4][1] < 1e-3  # templated neighbours are kept
     assert curve[0.6][1] == pytest.approx(curve[0.6][0], abs=0.01)  # real near-duplicates are not
+
+
+@pytest.mark.parametrize("world", [2, 3, 42])
+def test_bands_spread_over_ranks_give_the_same_clusters(world):
+    """Each 'rank' takes bands r, r + world, ... (any order); the union of their forests is the
+    one-process result: templated statutes kept apart, near-copies (also of near-copies) found."""
+    rng = random.Random(11)
+    shared = _words(rng, 200)
+    docs = [" ".join(shared + _words(rng, 300)) for _ in range(60)]
+    for k in range(8):  # a chain: copy of a copy, so clusters join across bands
+        words = docs[-1 if k % 2 else k].split()
+        for i in rng.sample(range(len(words)), len(words) // 30):
+            words[i] = f"x{rng.randrange(10**6)}"
+        docs.append(" ".join(words))
+    sig = dedup.Signer().signatures(docs)
+    whole = dedup.near_duplicate_of(sig, 42, 6)
+    assert sum(j >= 0 for j in whole) >= 8
+    edges = []
+    for r in reversed(range(world)):
+        for band in range(r, 42, world):
+            key = dedup.band_key(sig[:, band * 6:(band + 1) * 6])
+            calls = []
+            edges.append(dedup.band_edges(key, lambda idx: calls.append(len(idx)) or sig[idx]))
+            assert sum(calls) < len(docs)  # only documents sharing a bucket are read whole
+    assert dedup.clusters_from_edges(len(docs), edges) == whole

@@ -1,0 +1,96 @@
+"""Phase 2 of the prepare pipeline: near-dedup buckets, spread over the ranks by band.
+
+Once every piece is done, each rank takes bands r, r + N, ... (datatrove's bucket stage takes a
+band range per task the same way) and writes each band's clusters as a spanning forest
+(saul.data.dedup.band_edges) to <work>/bands/band-BBB.i8, atomically: the file is the band's
+completion marker, so a killed prepare redoes only missing bands, on any rank count. Rank 0's
+merge unites the forests (the same clusters as one pass over all bands). Documents are numbered
+the same way on every rank (`Survivors`: input order, exact duplicates out), from small per-piece
+files; a band task reads only its rows of the permutation-major signature files, plus the whole
+signatures of the documents that share one of its buckets. Torch-free.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+
+from saul.data import dedup
+from saul.data.atomic import write_bytes_atomic
+from saul.data.dataset import DatasetError
+from saul.data.pieces import piece_dir
+
+
+def band_file(work: Path, band: int) -> Path:
+    return work / "bands" / f"band-{band:03d}.i8"
+
+
+class Survivors:
+    """Every piece's documents in input order, and which survive exact dedup: the same numbering
+    on every rank (the bands' edges use it) and at rank 0's merge. Reads the small per-piece
+    order and hash files, and the signatures as memory maps (a band task touches its rows only)."""
+
+    def __init__(self, work: Path, num_pieces: int):
+        orders, keys, self.counts = [], [], []
+        for p in range(num_pieces):
+            d = piece_dir(work, p)
+            order = np.frombuffer((d / "order.i8").read_bytes(), dtype="<i8").reshape(-1, 3)
+            orders.append(order)
+            keys.append(np.frombuffer((d / "exact.bin").read_bytes(), dtype="V32"))
+            self.counts.append(len(order))
+        self.work = work
+        order = np.concatenate(orders) if orders else np.empty((0, 3), dtype=np.int64)
+        key = np.concatenate(keys) if keys else np.empty(0, dtype="V32")
+        if len(key) != len(order):
+            raise DatasetError(f"{work}: document hashes and order disagree; delete {work} and re-run")
+        self.perm = np.lexsort((order[:, 2], order[:, 1], order[:, 0]))  # input order -> concatenated index
+        _, first, inverse = np.unique(key[self.perm], return_index=True, return_inverse=True)
+        first_of = first[inverse.ravel()]
+        position = np.arange(len(first_of))
+        self.exact_dup_of = np.where(first_of == position, -1, first_of)  # in input order
+        self.survivors = self.perm[self.exact_dup_of < 0]  # concatenated indices, input order
+        starts = np.concatenate(([0], np.cumsum(self.counts)))
+        self.piece_of = np.searchsorted(starts, self.survivors, side="right") - 1
+        self.local = self.survivors - starts[self.piece_of]
+        self._maps: Dict[int, np.ndarray] = {}
+
+    def _signatures(self, p: int) -> np.ndarray:
+        if p not in self._maps:
+            self._maps[p] = np.memmap(piece_dir(self.work, p) / "signatures.u32", dtype="<u4", mode="r",
+                                      shape=(dedup.NUM_PERM, self.counts[p]))
+        return self._maps[p]
+
+    def band_columns(self, lo: int, hi: int) -> np.ndarray:
+        """Signature values lo..hi-1 of every survivor: survivors x (hi - lo)."""
+        out = np.empty((len(self.survivors), hi - lo), dtype=np.uint32)
+        for p in np.unique(self.piece_of).tolist():
+            mine = np.flatnonzero(self.piece_of == p)
+            out[mine] = self._signatures(p)[lo:hi][:, self.local[mine]].T
+        return out
+
+    def signatures_of(self, idx: np.ndarray) -> np.ndarray:
+        """Whole signatures of survivors `idx` (a band's candidates only)."""
+        out = np.empty((len(idx), dedup.NUM_PERM), dtype=np.uint32)
+        pieces = self.piece_of[idx]
+        for p in np.unique(pieces).tolist():
+            mine = np.flatnonzero(pieces == p)
+            out[mine] = self._signatures(p)[:, self.local[idx[mine]]].T
+        return out
+
+
+def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence[int],
+              should_stop: Callable[[], bool]) -> int:
+    """Phase 2 on one rank: the buckets and clusters of bands `mine` (those not done yet)."""
+    todo = [b for b in mine if not band_file(work, b).is_file()]
+    if not todo:
+        return 0
+    survivors = Survivors(work, num_pieces)
+    band_file(work, 0).parent.mkdir(parents=True, exist_ok=True)
+    for b in todo:
+        if should_stop():
+            break
+        key = dedup.band_key(survivors.band_columns(b * rows, (b + 1) * rows))
+        edges = dedup.band_edges(key, survivors.signatures_of)
+        write_bytes_atomic(band_file(work, b), edges.astype("<i8").tobytes(), sync_dir=False)
+    return len(todo)
