@@ -4,11 +4,15 @@
                                    {source, doc_id, step, reason, detail}
     <dataset>/audit/kept.jsonl     one line per kept document: {source, doc_id, tokens, copies}
                                    (tokens = its own tokens x copies in the mix)
-    <dataset>/audit/report.md      per step and source: documents and words in/out (and the
-                                   model's tokens from the mixture on: filtered documents are
-                                   never tokenized), the mixture's shares, dedup parameters
-                                   and recall curve
-    <dataset>/audit/funnel.png     the funnel as a plot
+    <dataset>/audit/report.md      per step and source: documents, words and tokens in/out, the
+                                   mixture's shares, dedup parameters and recall curve
+    <dataset>/audit/funnel.png     the funnel as a plot (documents and tokens)
+Units: words are whitespace-separated words of the text as the step sees it (raw text into
+cleaning, cleaned text after); tokens are the model's tokens (the dataset's own tokenizer) of a
+document's CLEANED text plus the EOS the packer appends, for every step, removed documents
+included (0 for one without text: unreadable, empty). So token counts fall only where documents
+are removed (cleaning's rule/repetition, perplexity, decontamination, dedup, mixture), and what
+leaves one step is what enters the next; the mixture's tokens out are the packed tokens.
 Reasons: extraction_failed, empty, rule, repetition, perplexity, exact_duplicate,
 near_duplicate, decontaminated, mixture. Written inside the dataset's temporary directory, so
 they appear atomically with it.
@@ -34,9 +38,8 @@ def jsonl_bytes(records: Iterable[Mapping]) -> bytes:
 
 
 def funnel(stats: Iterable[Mapping]) -> Dict[str, Dict[str, Dict[str, int]]]:
-    """step -> source -> {docs_in, docs_out, words_in, words_out[, tokens_in, tokens_out]}, summed
-    over shards (tokens of the model's tokenizer exist from the mixture on: filtered documents are
-    never tokenized)."""
+    """step -> source -> {docs_in, docs_out, words_in, words_out, tokens_in, tokens_out}, summed
+    over pieces (units: the module's docstring)."""
     out: Dict[str, Dict[str, Dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for row in stats:
         cell = out[row["step"]][row["source"]]
@@ -57,7 +60,7 @@ def _plot(table: Mapping[str, Mapping[str, Mapping[str, int]]], path: Path) -> N
     steps = [s for s in STEPS if s in table]
     sources = sorted({src for s in steps for src in table[s]})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, unit in zip(axes, ("docs", "words")):
+    for ax, unit in zip(axes, ("docs", "tokens")):
         bottom = [0] * (len(steps) + 1)
         labels = ["input"] + steps
         for src in sources:
@@ -90,6 +93,8 @@ def write_audit(audit_dir: Path, removed: Sequence[Mapping], kept: Sequence[Mapp
 def render_report(table, removed: Sequence[Mapping], summary: Mapping) -> str:
     lines: List[str] = ["# Data preparation report", "", "![funnel](funnel.png)", "",
                         "## Funnel (documents, words and tokens in -> out, per step and source)", "",
+                        "Tokens: the model's tokenizer on each document's cleaned text, + EOS, in every step "
+                        "(removed documents included); words: whitespace-separated, raw into cleaning.", "",
                         "| step | source | docs in | docs out | words in | words out | tokens in | tokens out |",
                         "|---|---|---:|---:|---:|---:|---:|---:|"]
     for step in STEPS:
