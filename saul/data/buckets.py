@@ -12,7 +12,7 @@ signatures of the documents that share one of its buckets. Torch-free.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Sequence
+from typing import Callable, Iterator, Sequence, Tuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ def band_file(work: Path, band: int) -> Path:
 class Survivors:
     """Every piece's documents in input order, and which survive exact dedup: the same numbering
     on every rank (the bands' edges use it) and at rank 0's merge. Reads the small per-piece
-    order and hash files, and the signatures as memory maps (a band task touches its rows only)."""
+    order and hash files; signatures are read per band (a band task touches its rows only)."""
 
     def __init__(self, work: Path, num_pieces: int):
         orders, keys, self.counts = [], [], []
@@ -53,30 +53,38 @@ class Survivors:
         starts = np.concatenate(([0], np.cumsum(self.counts)))
         self.piece_of = np.searchsorted(starts, self.survivors, side="right") - 1
         self.local = self.survivors - starts[self.piece_of]
-        self._maps: Dict[int, np.ndarray] = {}
 
-    def _signatures(self, p: int) -> np.ndarray:
-        if p not in self._maps:
-            self._maps[p] = np.memmap(piece_dir(self.work, p) / "signatures.u32", dtype="<u4", mode="r",
-                                      shape=(dedup.NUM_PERM, self.counts[p]))
-        return self._maps[p]
+    def _path(self, p: int) -> Path:
+        return piece_dir(self.work, p) / "signatures.u32"
 
     def band_columns(self, lo: int, hi: int) -> np.ndarray:
-        """Signature values lo..hi-1 of every survivor: survivors x (hi - lo)."""
+        """Signature values lo..hi-1 of every survivor: survivors x (hi - lo). Rows lo..hi-1 of a
+        permutation-major file are one contiguous read."""
         out = np.empty((len(self.survivors), hi - lo), dtype=np.uint32)
-        for p in np.unique(self.piece_of).tolist():
-            mine = np.flatnonzero(self.piece_of == p)
-            out[mine] = self._signatures(p)[lo:hi][:, self.local[mine]].T
+        for p, mine in _by_piece(self.piece_of):
+            n = self.counts[p]
+            rows = np.fromfile(self._path(p), dtype="<u4", count=(hi - lo) * n, offset=lo * n * 4).reshape(hi - lo, n)
+            out[mine] = rows[:, self.local[mine]].T
         return out
 
     def signatures_of(self, idx: np.ndarray) -> np.ndarray:
-        """Whole signatures of survivors `idx` (a band's candidates only)."""
+        """Whole signatures of survivors `idx` (a band's candidates only); one short-lived map per
+        piece, so thousands of pieces never hold thousands of open files."""
         out = np.empty((len(idx), dedup.NUM_PERM), dtype=np.uint32)
-        pieces = self.piece_of[idx]
-        for p in np.unique(pieces).tolist():
-            mine = np.flatnonzero(pieces == p)
-            out[mine] = self._signatures(p)[:, self.local[idx[mine]]].T
+        for p, mine in _by_piece(self.piece_of[idx]):
+            sig = np.memmap(self._path(p), dtype="<u4", mode="r", shape=(dedup.NUM_PERM, self.counts[p]))
+            out[mine] = sig[:, self.local[idx[mine]]].T
+            del sig
         return out
+
+
+def _by_piece(piece_of: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
+    """(piece, positions in `piece_of` holding it), one sort instead of one scan per piece."""
+    order = np.argsort(piece_of, kind="stable")
+    if not len(order):
+        return
+    for group in np.split(order, np.flatnonzero(np.diff(piece_of[order])) + 1):
+        yield int(piece_of[group[0]]), group
 
 
 def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence[int],
@@ -87,10 +95,12 @@ def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence
         return 0
     survivors = Survivors(work, num_pieces)
     band_file(work, 0).parent.mkdir(parents=True, exist_ok=True)
+    done = 0
     for b in todo:
         if should_stop():
             break
         key = dedup.band_key(survivors.band_columns(b * rows, (b + 1) * rows))
         edges = dedup.band_edges(key, survivors.signatures_of)
         write_bytes_atomic(band_file(work, b), edges.astype("<i8").tobytes(), sync_dir=False)
-    return len(todo)
+        done += 1
+    return done
