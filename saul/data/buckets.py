@@ -88,7 +88,7 @@ def _by_piece(piece_of: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
 
 
 def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence[int],
-              should_stop: Callable[[], bool]) -> int:
+              should_stop: Callable[[], bool], beat: Callable[[], None] = lambda: None) -> int:
     """Phase 2 on one rank: the buckets and clusters of bands `mine` (those not done yet)."""
     todo = [b for b in mine if not band_file(work, b).is_file()]
     if not todo:
@@ -99,6 +99,7 @@ def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence
     for b in todo:
         if should_stop():
             break
+        beat()  # a band of a large corpus takes minutes: the hang detector hears from rank 0 meanwhile
         key = dedup.band_key(survivors.band_columns(b * rows, (b + 1) * rows))
         edges = dedup.band_edges(key, survivors.signatures_of)
         write_bytes_atomic(band_file(work, b), edges.astype("<i8").tobytes(), sync_dir=False)

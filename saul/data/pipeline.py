@@ -335,7 +335,8 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
                        ran, len(pieces))
     bands, rows = int(data.minhash_bands), int(data.minhash_rows)
     t0 = cpu_seconds()
-    done_bands = run_bands(work, len(pieces), bands, rows, range(rank, bands, world), should_stop)
+    done_bands = run_bands(work, len(pieces), bands, rows, range(rank, bands, world), should_stop,
+                           lambda: beat(len(pieces), "train"))
     band_seconds = cpu_seconds() - t0
     if done_bands:  # provenance: how many bands this rank ran, in how many CPU seconds (over attempts)
         mark = work / "bands" / f"rank-{rank:05d}.json"
