@@ -1,18 +1,21 @@
 """Phase 2 of the prepare pipeline: near-dedup buckets, spread over the ranks by band.
 
-Once every piece is done, each rank takes bands r, r + N, ... (datatrove's bucket stage takes a
-band range per task the same way) and writes each band's clusters as a spanning forest
+Once every piece is done, each rank takes bands r, r + N, ... (`bands_of_rank`: spread over the
+nodes when there are more ranks than bands; datatrove's bucket stage takes a band range per task
+the same way) and writes each band's clusters as a spanning forest
 (saul.data.dedup.band_edges) to <work>/bands/band-BBB.i8, atomically: the file is the band's
 completion marker, so a killed prepare redoes only missing bands, on any rank count. Rank 0's
 merge unites the forests (the same clusters as one pass over all bands). Documents are numbered
 the same way on every rank (`Survivors`: input order, exact duplicates out), from small per-piece
 files; a band task reads only its rows of the permutation-major signature files, plus the whole
-signatures of the documents that share one of its buckets. Torch-free.
+signatures of the documents that share one of its buckets. Memory per band task: ~150 bytes per
+document (order, exact hash and its sort, the survivor index, the band's values): ~15 GB at 100 M
+documents, on at most 42 ranks (one per band), spread over the nodes. Torch-free.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -85,6 +88,15 @@ def _by_piece(piece_of: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
         return
     for group in np.split(order, np.flatnonzero(np.diff(piece_of[order])) + 1):
         yield int(piece_of[group[0]]), group
+
+
+def bands_of_rank(rank: int, world: int, bands: int) -> List[int]:
+    """Rank r takes bands r, r + N, ...; with more ranks than bands, band b goes to rank b x N / bands,
+    spread over the nodes (ranks are numbered node by node), so no node holds every band task's
+    document index at once."""
+    if world <= bands:
+        return list(range(rank, bands, world))
+    return [b for b in range(bands) if b * world // bands == rank]
 
 
 def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence[int],

@@ -39,7 +39,7 @@ from saul.data import audit, clean, dedup, extract, mixture, model_tokenizer
 from saul.data.atomic import write_bytes_atomic, write_json_atomic
 from saul.data.dataset import DatasetError
 from saul.data.packing import DEFAULT_SAMPLES_PER_SHARD, FORMAT_VERSION, MANIFEST_FILE, pack_documents
-from saul.data.buckets import Survivors, band_file, run_bands
+from saul.data.buckets import Survivors, band_file, bands_of_rank, run_bands
 from saul.data.pieces import DONE_MARKER, Piece, deal, piece_bytes, piece_dir, plan_pieces
 from saul.data.prepare import TOKENIZER_DIR, existing_dataset, install_atomically
 from saul.data.tokenizer import backend_tokenizer, describe_tokenizer, train_tokenizer
@@ -335,7 +335,7 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
                        ran, len(pieces))
     bands, rows = int(data.minhash_bands), int(data.minhash_rows)
     t0 = cpu_seconds()
-    done_bands = run_bands(work, len(pieces), bands, rows, range(rank, bands, world), should_stop,
+    done_bands = run_bands(work, len(pieces), bands, rows, bands_of_rank(rank, world, bands), should_stop,
                            lambda: beat(len(pieces), "train"))
     band_seconds = cpu_seconds() - t0
     if done_bands:  # provenance: how many bands this rank ran, in how many CPU seconds (over attempts)

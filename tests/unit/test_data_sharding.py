@@ -111,3 +111,16 @@ def test_small_files_are_grouped_and_pieces_do_not_depend_on_the_rank_count():
 def test_more_ranks_than_pieces_leaves_ranks_without_work():
     pieces = plan_pieces(_files([10, 10]), 1000)
     assert deal(pieces, 4) == [[0], [], [], []]
+
+
+@pytest.mark.parametrize("world", [1, 2, 5, 42, 96, 384])
+def test_every_band_has_one_rank_spread_over_the_nodes(world):
+    from saul.data.buckets import bands_of_rank
+
+    owners = {b: r for r in range(world) for b in bands_of_rank(r, world, 42)}
+    assert sorted(owners) == list(range(42))  # each band exactly once (dict: no band twice per rank)
+    assert sum(len(bands_of_rank(r, world, 42)) for r in range(world)) == 42
+    assert 0 in bands_of_rank(0, world, 42)
+    if world >= 96:  # 96 ranks per node: no node takes more than its share of the band tasks
+        per_node = [sum(1 for r in owners.values() if r // 96 == n) for n in range(world // 96)]
+        assert max(per_node) <= -(-42 // (world // 96))
