@@ -309,13 +309,13 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
     size_limit = piece_bytes(float(data.piece_mb))
     pieces = plan_pieces(files, size_limit)
     inputs = pipeline_inputs(data, cfg.model.name, cfg.model.path, cfg.train.seq_len, cfg.seed, files, sources)
+    work = work_dir_for(out, inputs, size_limit)
+    if rank == 0:  # also when the dataset is there: an aborted build for other inputs leaves one
+        for stale in remove_stale_work(out, work):
+            say(f"prepare: removed {stale.name} (made for other inputs or another data.piece_mb)")
     found = existing_dataset(out, inputs)
     if found is not None:
         return Outcome("done" if rank == 0 else "shards_done", found, 0, len(pieces))
-    work = work_dir_for(out, inputs, size_limit)
-    if rank == 0:
-        for stale in remove_stale_work(out, work):
-            say(f"prepare: removed {stale.name} (made for other inputs or another data.piece_mb)")
     work.mkdir(parents=True, exist_ok=True)
     runner = _PieceRunner(data, sources, files, cfg.seed)
     ran = 0

@@ -182,9 +182,11 @@ def test_killed_prepare_redoes_only_unfinished_work_on_any_rank_count(raw_corpus
     assert resumed.manifest["metadata"]["near_dedup_bands_by_rank"] == {"0": 42}
     assert list(tmp_path.glob(".data.work-*")) == []  # nothing stale stays
     assert resumed.manifest["fingerprint"] == _fingerprint(one_rank) and _audit(out) == _audit(one_rank)
-    # Same inputs: reused, on any rank count and piece size.
+    # Same inputs: reused, on any rank count and piece size; a stale work directory still goes.
     before = (out / "manifest.json").stat().st_mtime_ns
+    stale.mkdir()
     assert run_prepare(cfg, out, rank=0, world=1).shards_run == 0
+    assert not stale.exists()
     assert run_prepare(other_size, out, rank=0, world=2).shards_run == 0
     assert (out / "manifest.json").stat().st_mtime_ns == before
 
