@@ -90,12 +90,12 @@ def _layout_of(ledger_path: Path, world: int) -> str:
 def check_layout(cfg, rundir) -> None:
     """Refuse a world size (nodes x nproc) the newest checkpoint cannot resume with.
 
-    ZeRO-3 checkpoints hold one shard set per rank: only the same world size loads them. DDP checkpoints
-    load on any world size, but the global batch (micro_batch x grad_accum x ranks) must stay: it fixes
-    the data order (saul.train.checkpoint.check_resumable), and micro_batch and grad_accum are fixed
-    keys, so a DDP checkpoint pins the world size too, unless resilience.allow_shrink=true: then another
-    number of ranks resumes it with the grad_accum that keeps its global batch (saul.train.checkpoint.
-    shrunk_grad_accum, which the ranks apply), where the global batch divides by micro_batch x ranks."""
+    Checkpoints load on any world size (DDP: whole files; ZeRO-3: shards resliced through DeepSpeed's
+    universal checkpoint, saul.train.universal_checkpoint), but the global batch (micro_batch x grad_accum x
+    ranks) must stay: it fixes the data order (saul.train.checkpoint.check_resumable), and micro_batch and
+    grad_accum are fixed keys, so a checkpoint pins the world size too, unless resilience.allow_shrink=true:
+    then another number of ranks resumes it with the grad_accum that keeps its global batch (saul.train.
+    checkpoint.shrunk_grad_accum, which the ranks apply), where the global batch divides by micro_batch x ranks."""
     found = newest_state(rundir.checkpoints)
     if found is None:
         return
@@ -114,23 +114,18 @@ def check_layout(cfg, rundir) -> None:
     else:
         way_out += ", or start over under a new name (run=<new name>)"
     if cfg.resilience.allow_shrink:
-        accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world, cfg.parallel)
+        accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world)
         if accum is None:
             raise ConfigError(f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} cannot resume elastically: {why}; "
                               f"{asked}; {way_out}")
         return
-    if state.get("parallel") == "zero3":
-        raise ConfigError(
-            f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} holds ZeRO-3 shards for {old_world} ranks and {asked}; "
-            f"resuming on another world size is not supported yet: {way_out}"
-        )
     global_batch = t.micro_batch * t.grad_accum * world
     if state.get("global_batch") is not None and state["global_batch"] != global_batch:
         raise ConfigError(
             f"run '{cfg.run}' stage {cfg.stage}: checkpoint {name} was made with a global batch of "
             f"{state['global_batch']} sequences and {asked}, a global batch of {t.micro_batch} x {t.grad_accum} x "
             f"{world} = {global_batch}: the data order would change; {way_out}"
-            + "; or keep the global batch on this layout with resilience.allow_shrink=true (DDP)"
+            + "; or keep the global batch on this layout with resilience.allow_shrink=true"
         )
 
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 from saul.binding import parse_cpu_list
 from saul.config.errors import ConfigError
 from saul.config.sites import REPO_ROOT
+from saul.config.validate import fits_in_memory
 from saul.resilience.node_exclusion import excluded_nodes
 from saul.resilience.watchdog import RANKS_STEP_NAME
 from saul.rundir import RunDir
@@ -160,15 +161,17 @@ def restart_loop_head() -> List[str]:
 
 
 def step_node_counts(cfg) -> List[int]:
-    """How many nodes the ranks' step may run on, best first: `nodes`, then, with resilience.allow_shrink (DDP),
-    every smaller count whose ranks keep the global batch with a whole grad_accum (saul.train.checkpoint).
+    """How many nodes the ranks' step may run on, best first: `nodes`, then, with resilience.allow_shrink,
+    every smaller count whose ranks keep the global batch with a whole grad_accum (saul.train.checkpoint) and,
+    with ZeRO-3, still hold the larger shards per rank in memory (saul.config.validate.fits_in_memory).
     Empty: the ranks run on the whole allocation, as Slurm placed them (no spares, no shrink)."""
     r, n = cfg.resilience, int(cfg.nodes)
     if not r.spare_nodes and not r.allow_shrink:
         return []
-    if not r.allow_shrink or cfg.parallel == "zero3":
+    if not r.allow_shrink:
         return [n]
-    return [c for c in range(n, 0, -1) if (int(cfg.train.grad_accum) * n) % c == 0]
+    return [c for c in range(n, 0, -1) if (int(cfg.train.grad_accum) * n) % c == 0
+            and (c == n or cfg.parallel != "zero3" or fits_in_memory(cfg, c))]
 
 
 def spare_lines(cfg, rundir: RunDir) -> List[str]:

@@ -141,8 +141,9 @@ class ResilienceConfig:
     max_excluded_nodes: int = 16  # cap, so a run never excludes itself out of the partition
     in_job_restart: bool = True  # relaunch crashed/hung ranks inside the allocation (no requeue) while the budget lasts
     spare_nodes: int = 0  # Slurm: hold nodes + K (--no-kill), run on `nodes`, swap a failed node for a spare in the job
-    allow_shrink: bool = False  # DDP: go on with fewer nodes when one is lost and no spare is left (another world
-    # size resumes the checkpoint with the grad_accum that keeps its global batch), and back to `nodes` after a requeue
+    allow_shrink: bool = False  # go on with fewer nodes when one is lost and no spare is left (another world size
+    # resumes the checkpoint with the grad_accum that keeps its global batch; ZeRO-3 shards through DeepSpeed's
+    # universal checkpoint, saul.train.universal_checkpoint), and back to `nodes` after a requeue
 
 
 @dataclass

@@ -182,11 +182,8 @@ def _validate_site(cfg) -> None:
         )
 
 
-def _validate_memory(cfg) -> None:
-    """Refuse a model whose training state cannot fit, before a job waits hours in the queue to OOM."""
-    if cfg.stage not in TRAINING_STAGES:
-        return
-    world = cfg.nodes * cfg.nproc
+def _memory_per_rank(cfg, world: int):
+    """(GB needed per rank on `world` ranks, what needs it, GB a rank has, what it has; 0 = unknown)."""
     need = training_state_gb_per_rank(cfg.model, world, zero3=cfg.parallel == "zero3")
     what_needs = "weights, gradients and optimizer state"
     if cfg.stage == "dpo":
@@ -197,6 +194,22 @@ def _validate_memory(cfg) -> None:
     else:
         node_gb = cfg.site.mem_per_node_gb or psutil.virtual_memory().total / 1e9
         have, what = node_gb / cfg.nproc, "host memory per process"
+    return need, what_needs, have, what
+
+
+def fits_in_memory(cfg, nodes: int) -> bool:
+    """Whether the training state fits on `nodes` nodes: ZeRO-3 shards grow per rank as nodes are lost, so an
+    elastic shrink (saul.resilience.spares) is allowed only down to the node count that still holds them."""
+    need, _, have, _ = _memory_per_rank(cfg, nodes * cfg.nproc)
+    return not have or need <= have
+
+
+def _validate_memory(cfg) -> None:
+    """Refuse a model whose training state cannot fit, before a job waits hours in the queue to OOM."""
+    if cfg.stage not in TRAINING_STAGES:
+        return
+    world = cfg.nodes * cfg.nproc
+    need, what_needs, have, what = _memory_per_rank(cfg, world)
     if have and need > have:
         if not cfg.site.gpus_per_node:
             hint = "use model=tiny-mixtral on this machine"

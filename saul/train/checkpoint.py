@@ -197,12 +197,12 @@ def check_resumable(state: dict, expected: dict) -> None:
                 f"the newest checkpoint was made with {what} {state.get(key)!r}, this run has {expected[key]!r}: "
                 f"restore the original setting, or start a new run name (run=...)"
             )
-    if expected.get("parallel") == "zero3" and (state.get("parallel"), state.get("world_size")) != (
-        "zero3", expected.get("world_size")
-    ):
+    # Another world size is fine once the global batch is kept (ZeRO-3 shards are resliced: saul.train.
+    # universal_checkpoint); the file layout of the other parallel mode is not.
+    if expected.get("parallel") == "zero3" and state.get("parallel") != "zero3":
         raise CheckpointMismatch(
-            f"the newest checkpoint holds ZeRO-3 shards for {state.get('world_size')} ranks ({state.get('parallel')}); "
-            f"this job has {expected.get('world_size')} ranks with parallel=zero3: use the same nodes/nproc"
+            f"the newest checkpoint was made with parallel={state.get('parallel')}, this job has parallel=zero3: "
+            f"restore the original setting, or start a new run name (run=...)"
         )
 
 
@@ -216,19 +216,17 @@ def newest_state(root: Path) -> Optional[Tuple[str, dict]]:
     return None
 
 
-def shrunk_grad_accum(state: dict, micro_batch: int, grad_accum: int, world: int, parallel: str) -> Tuple[Optional[int], str]:
+def shrunk_grad_accum(state: dict, micro_batch: int, grad_accum: int, world: int) -> Tuple[Optional[int], str]:
     """Elastic resume (resilience.allow_shrink): the grad_accum that keeps the checkpoint's global batch, and with
     it the exact sample order, on `world` ranks; (None, why) where that cannot be done.
 
-    DDP only: its checkpoint holds the whole model and optimizer (rank 0's files), so any world size loads
-    it: fewer ranks after a node loss, and the configured size again after a requeue (a rank the checkpoint
-    had no RNG state for keeps its seeded one: saul.train.engine). ZeRO-3 holds one shard set per rank
-    (resharding is not supported yet)."""
+    Any world size loads a checkpoint: fewer ranks after a node loss, and the configured size again after a
+    requeue (a rank the checkpoint had no RNG state for keeps its seeded one: saul.train.engine). DDP's holds
+    the whole model and optimizer; ZeRO-3's shards are resliced through DeepSpeed's universal checkpoint
+    (saul.train.universal_checkpoint)."""
     old_world, global_batch = state.get("world_size"), state.get("global_batch")
     if old_world is None or old_world == world or global_batch is None:
         return grad_accum, ""
-    if parallel == "zero3" or state.get("parallel") == "zero3":
-        return None, f"ZeRO-3 shards for {old_world} ranks resume only on {old_world} ranks"
     if global_batch % (micro_batch * world):
         return None, (f"its global batch of {global_batch} sequences is not a multiple of micro_batch x ranks = "
                       f"{micro_batch} x {world}")
@@ -243,7 +241,7 @@ def apply_elastic_resume(cfg, root: Path, world: int, say) -> None:
         return
     name, state = found
     t = cfg.train
-    accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world, cfg.parallel)
+    accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world)
     if accum is None or accum == t.grad_accum:
         return  # not a shrink, or one check_resumable refuses with the reason
     say(f"elastic resume: {name} was made on {state['world_size']} ranks; {world} ranks keep its global batch of "

@@ -52,6 +52,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_rng_state(directory: Path, rank: int, elastic: bool) -> None:
+    """This rank's RNG state from the checkpoint. With elastic resume (resilience.allow_shrink) onto more ranks
+    than the checkpoint had (back to the configured size after a shrink), a rank it has no state for keeps
+    the RNG seeded at model build: the data order does not depend on it."""
+    rng = directory / f"rng-rank{rank:05d}.pt"
+    if rng.is_file() or not elastic:
+        set_rng_state(torch.load(rng, weights_only=False))
+
+
 def _loss(outputs) -> torch.Tensor:
     # HF adds router_aux_loss_coef * load-balancing loss to `loss` when output_router_logits=True.
     return outputs.loss
@@ -119,11 +128,7 @@ class DDPEngine:
         self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
         self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=False))
         self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
-        rng = directory / f"rng-rank{rank:05d}.pt"
-        if rng.is_file() or not self.cfg.resilience.allow_shrink:
-            set_rng_state(torch.load(rng, weights_only=False))
-        # else: elastic resume onto more ranks than the checkpoint had (back to the configured size after a
-        # shrink): this rank keeps the RNG seeded at model build; the data order does not depend on it.
+        load_rng_state(directory, rank, self.cfg.resilience.allow_shrink)
 
 
 class Zero3Engine:
@@ -191,11 +196,28 @@ class Zero3Engine:
         torch.save(rng_state(), directory / f"rng-rank{rank:05d}.pt")
 
     def load_files(self, directory: Path, rank: int) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory), tag="zero3", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        """The shards as saved on the same world size; on another one (elastic resume, which
+        saul.train.checkpoint allows only where the global batch is kept), DeepSpeed's universal form of
+        them, made once by rank 0 (saul.train.universal_checkpoint): weights, Adam moments and step carry over."""
+        from saul.train import universal_checkpoint
+        from saul.train.distributed import all_gather_objects
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        load_dir, tag = directory, "zero3"
+        if universal_checkpoint.saved_world_size(directory / tag) != world:
+            load_dir = universal_checkpoint.ensure(directory, tag, rank, all_gather_objects)
+            tag = universal_checkpoint.DONE
+        # DeepSpeed reads "checkpoint": {"load_universal"} only inside load_checkpoint: set for this load
+        # alone, so a later same-size resume in this process reads shards again.
+        self.engine._config.load_universal_checkpoint = tag == universal_checkpoint.DONE
+        try:
+            path, _ = self.engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+        finally:
+            self.engine._config.load_universal_checkpoint = False
         if path is None:
-            raise RuntimeError(f"DeepSpeed found no ZeRO-3 checkpoint under {directory}/zero3")
-        set_rng_state(torch.load(directory / f"rng-rank{rank:05d}.pt", weights_only=False))
+            raise RuntimeError(f"DeepSpeed found no ZeRO-3 checkpoint under {load_dir}/{tag}")
+        load_rng_state(directory, rank, self.cfg.resilience.allow_shrink)
 
 
 def _null():

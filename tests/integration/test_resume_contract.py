@@ -3,7 +3,7 @@
 - stage=prepare then stage=cpt without run= meet in one run directory (the default run name is the model's);
 - raising train.max_steps extends training at the schedule's final LR: the LR never jumps at the resume;
 - a world size (nodes x nproc) the newest checkpoint cannot resume with is refused at submit (exit 2,
-  nothing written) with the way out, for DDP (global batch) and ZeRO-3 (shards per rank).
+  nothing written) with the way out, for DDP and ZeRO-3 (the global batch, kept with allow_shrink where it divides).
 """
 import math
 
@@ -85,27 +85,34 @@ def zero3_checkpoint(stage, world_size, step=4):
                                            "nodes": 1, "job_id": "local"})
 
 
-def test_a_zero3_world_size_change_is_refused_at_submit(packed_data, tmp_path):
+def test_a_zero3_world_size_change_is_refused_at_submit_unless_it_keeps_the_global_batch(packed_data, tmp_path):
     runs = tmp_path / "runs"
     stage = runs / "z" / "cpt"
     zero3_checkpoint(stage, world_size=2)
     args = ["stage=cpt", *LOCAL, f"runs_root={runs}", "run=z", f"data.path={packed_data}", "parallel=zero3",
-            "train.grad_accum=1"]
+            "train.grad_accum=1", "train.micro_batch=4"]
     before = snapshot(runs)
 
-    refused = e2e.submit(*args, "nproc=4", "train.micro_batch=2")  # same global batch, other world size
+    refused = e2e.submit(*args, "nproc=4")  # global batch 8 -> 16
     assert refused.returncode == 2
     [line] = refused.stderr.strip().splitlines()
     assert line == (
-        f"error: run 'z' stage cpt: checkpoint step-00000004 holds ZeRO-3 shards for 2 ranks and this "
-        f"submit asks nodes=1 x nproc=4 = 4 ranks; resuming on another world size is not supported yet: submit with "
-        f"the original layout (nodes=1 nproc=2), or start over under a new name (run=<new name>)"
+        f"error: run 'z' stage cpt: checkpoint step-00000004 was made with a global batch of 8 sequences and this "
+        f"submit asks nodes=1 x nproc=4 = 4 ranks, a global batch of 4 x 1 x 4 = 16: the data order would change; "
+        f"submit with the original layout (nodes=1 nproc=2), or start over under a new name (run=<new name>); "
+        f"or keep the global batch on this layout with resilience.allow_shrink=true"
     )
+    elastic = e2e.submit(*args, "nproc=4", "resilience.allow_shrink=true")  # 8 sequences do not split over 4 x 4
+    assert elastic.returncode == 2
+    [line] = elastic.stderr.strip().splitlines()
+    assert line.startswith("error: run 'z' stage cpt: checkpoint step-00000004 cannot resume elastically: its global "
+                           "batch of 8 sequences is not a multiple of micro_batch x ranks = 4 x 4; ")
     assert snapshot(runs) == before
 
-    planned = e2e.submit(*args, "nproc=4", "train.micro_batch=2", "--dry-run")  # a dry run says so, and runs
+    planned = e2e.submit(*args, "nproc=4", "--dry-run")  # a dry run says so, and runs
     assert planned.returncode == 0
-    assert "warning: when run for real: run 'z' stage cpt: checkpoint step-00000004 holds ZeRO-3" in planned.stderr
-    same = e2e.submit(*args, "nproc=2", "train.micro_batch=4", "--dry-run")  # the original layout passes
-    assert same.returncode == 0 and "when run for real" not in same.stderr, same.stderr
+    assert "warning: when run for real: run 'z' stage cpt: checkpoint step-00000004 was made with" in planned.stderr
+    for layout in (["nproc=2"], ["nproc=1", "resilience.allow_shrink=true"]):  # the original, and one that keeps 8
+        same = e2e.submit(*args, *layout, "--dry-run")
+        assert same.returncode == 0 and "when run for real" not in same.stderr, same.stderr
     assert snapshot(runs) == before
