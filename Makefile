@@ -11,8 +11,9 @@ LEGALBENCH ?= $(abspath ../shared/data/legalbench)
 
 .PHONY: setup demo test test-slow test-fast test-container image bench clean-demo
 
-$(STAMP)/python: setup.cfg pyproject.toml constraints.txt
+$(STAMP)/python: setup.cfg pyproject.toml constraints.txt scripts/install-pdf-deps.sh
 	@mkdir -p $(STAMP)
+	bash scripts/install-pdf-deps.sh  # libpoppler-cpp-dev: the `pdftotext` binding compiles against it
 	$(PIP) -e '.[train,test]'
 	@touch $@
 

@@ -35,11 +35,17 @@ _PAGE_NUMBER = re.compile(r"^\s*(?:(?:page|p\.)\s*)?[-–—]?\s*\d{1,4}\s*[-–
                           re.IGNORECASE)
 _LINE_NUMBER = re.compile(r"^\s*(\d{1,3})(?:\s+|$)(?=\S|$)")
 _HYPHEN = re.compile(r"([A-Za-z])-\n[ \t]*([a-z])")
-_BROKEN = re.compile(r"([^\n.:;!?\"”)\]])\n[ \t]*(?=[a-z(])")
+# Starts with the line break and looks back at the character before it: the regex engine then
+# jumps from line break to line break (a literal prefix) instead of trying every character.
+_BROKEN = re.compile(r"\n(?<=[^\n.:;!?\"”)\]]\n)[ \t]*(?=[a-z(])")
+_PAGE_JOIN = re.compile(r"\n(?<=[^\n.:;!?]\n)\n+(?=[a-z])")
 _REPEATED = re.compile(r"([^\w\s])\1{9,}")
 _SPACES = re.compile(r"\t[ \t]*| [ \t]+")  # not a lone space: that would match 1000s of times
 _BLANKS = re.compile(r"\n{3,}")
 _DIGITS = re.compile(r"\d+")
+_ASCII_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))  # the letters among ASCII characters
+_ASCII = bytes(range(128))
+_RUN_OF_ONES = re.compile(b"\x01+")
 _NON_LETTER = re.compile(r"[\W\d_]+")  # the rest are letters (str.isalpha, plus e.g. "½")
 _MIN_LINE_RUN = 5  # consecutive numbered lines that make a transcript
 _HEADER_ZONE = 2  # lines at each end of a page that may be a running header/footer
@@ -83,17 +89,20 @@ def clean_text(text: str) -> Cleaned:
         lines.append("")  # a page break ends a paragraph only if the text says so (below)
     out = "\n".join(line.rstrip() for line in lines)
     out = _join_across_page_breaks(out)
-    out, n = _HYPHEN.subn(r"\1\2", out)
-    hits["hyphenation"] += n
-    out, n = _BROKEN.subn(r"\1 ", out)
+    if "-\n" in out:
+        out, n = _HYPHEN.subn(r"\1\2", out)
+        hits["hyphenation"] += n
+    out, n = _BROKEN.subn(" ", out)
     hits["broken_lines"] += n
     out, n = _REPEATED.subn(" ", out)
     hits["repeated_chars"] += n
-    out, n = _SPACES.subn(" ", out)
-    hits["whitespace"] += n
+    if "\t" in out or "  " in out:  # what _SPACES needs; `in` is a fast C search, the regex is not
+        out, n = _SPACES.subn(" ", out)
+        hits["whitespace"] += n
     out = "\n".join(line.strip() for line in out.split("\n"))
-    out, n = _BLANKS.subn("\n\n", out)
-    hits["whitespace"] += n
+    if "\n\n\n" in out:
+        out, n = _BLANKS.subn("\n\n", out)
+        hits["whitespace"] += n
     return Cleaned(out.strip(), +hits)
 
 
@@ -154,11 +163,22 @@ def _strip_line_numbers(lines: List[str]) -> Tuple[List[str], int]:
 
 def _join_across_page_breaks(text: str) -> str:
     """A paragraph cut by a page break continues when the next page starts lower-case."""
-    return re.sub(r"([^\n.:;!?])\n\n+(?=[a-z])", r"\1\n", text)
+    return _PAGE_JOIN.sub("\n", text)
 
 
 def words(text: str) -> List[str]:
     return text.split()
+
+
+def letter_count(text: str) -> int:
+    """Letters in `text` (str.isalpha, plus e.g. "½"): the ASCII ones counted at C speed, the
+    few others (legal text has quotes, § and dashes, little else) by the regex."""
+    data = text.encode("utf-8")
+    letters = len(data) - len(data.translate(None, _ASCII_LETTERS))
+    others = data.translate(None, _ASCII)  # what is left: the UTF-8 of the non-ASCII characters
+    if others:
+        letters += len(_NON_LETTER.sub("", others.decode("utf-8")))
+    return letters
 
 
 def repeated_share(tokens: List[str], n: int = REPETITION_NGRAM) -> float:
@@ -167,14 +187,17 @@ def repeated_share(tokens: List[str], n: int = REPETITION_NGRAM) -> float:
         return 0.0
     grams = list(zip(*(tokens[k:] for k in range(n))))
     counts = Counter(grams)
-    if len(counts) == len(grams):  # the usual case: no n-gram repeats
+    if len(counts) == len(grams):  # no n-gram repeats
         return 0.0
-    covered = [False] * len(tokens)
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
-            for k in range(i, i + n):
-                covered[k] = True
-    return sum(covered) / len(tokens)
+    # 1 where a repeated n-gram starts, built at C speed; each run of starts s..e-1 covers words
+    # s..e-2+n, and the runs come in order, so overlapping covers merge on the fly.
+    starts = bytes(map((1).__lt__, map(counts.__getitem__, grams)))
+    covered = end = 0
+    for run in _RUN_OF_ONES.finditer(starts):
+        lo, hi = max(run.start(), end), run.end() - 1 + n
+        covered += hi - lo
+        end = hi
+    return covered / len(tokens)
 
 
 def document_verdict(text: str, min_words: int) -> Tuple[str, str]:
@@ -185,7 +208,7 @@ def document_verdict(text: str, min_words: int) -> Tuple[str, str]:
     if len(tokens) < min_words:
         return "rule", f"{len(tokens)} words < data.min_words={min_words}"
     visible = len("".join(tokens))
-    letters = len(_NON_LETTER.sub("", text))
+    letters = letter_count(text)
     if visible and letters / visible < MIN_LETTER_SHARE:
         return "rule", f"letters are {letters / visible:.0%} of the characters (< {MIN_LETTER_SHARE:.0%})"
     share = repeated_share(tokens)
