@@ -37,9 +37,9 @@ import numpy as np
 
 from saul.data import audit, clean, dedup, extract, mixture, model_tokenizer
 from saul.data.atomic import write_bytes_atomic, write_json_atomic
+from saul.data.buckets import Survivors, band_file, bands_of_rank, run_bands
 from saul.data.dataset import DatasetError
 from saul.data.packing import DEFAULT_SAMPLES_PER_SHARD, FORMAT_VERSION, MANIFEST_FILE, pack_documents
-from saul.data.buckets import Survivors, band_file, bands_of_rank, run_bands
 from saul.data.pieces import DONE_MARKER, Piece, deal, piece_bytes, piece_dir, plan_pieces
 from saul.data.prepare import TOKENIZER_DIR, existing_dataset, install_atomically
 from saul.data.tokenizer import backend_tokenizer, describe_tokenizer, train_tokenizer
@@ -183,6 +183,7 @@ class _PieceRunner:
                 seq += 1
         with clock("minhash_signatures"):  # one batched numpy product per ~4k shingles
             sig = self.signer.signatures(d["text"] for d in kept)
+        with clock("exact_dedup"):  # the hashes here, the comparison at the merge
             exact = b"".join(bytes.fromhex(dedup.exact_key(d["text"])) for d in kept)
         out.mkdir(parents=True, exist_ok=True)
         # Texts go apart from their JSON records: raw UTF-8 plus offsets reads back ~10x faster
