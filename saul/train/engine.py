@@ -200,12 +200,12 @@ class Zero3Engine:
         saul.train.checkpoint allows only where the global batch is kept), DeepSpeed's universal form of
         them, made once by rank 0 (saul.train.universal_checkpoint): weights, Adam moments and step carry over."""
         from saul.train import universal_checkpoint
-        from saul.train.distributed import all_gather_objects
+        from saul.train.distributed import broadcast_object
 
         world = dist.get_world_size() if dist.is_initialized() else 1
         load_dir, tag = directory, "zero3"
         if universal_checkpoint.saved_world_size(directory / tag) != world:
-            load_dir = universal_checkpoint.ensure(directory, tag, rank, all_gather_objects)
+            load_dir = universal_checkpoint.ensure(directory, tag, rank, broadcast_object)
             tag = universal_checkpoint.DONE
         # DeepSpeed reads "checkpoint": {"load_universal"} only inside load_checkpoint: set for this load
         # alone, so a later same-size resume in this process reads shards again.

@@ -25,13 +25,15 @@ import os
 import re
 import shutil
 import time
+import uuid
 from argparse import Namespace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
-from saul.data.atomic import fsync_dir
+from saul.data.atomic import fsync_dir, write_text_atomic
 
 SHARD = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+FAILED = ".universal-failed-"  # + this call's token: rank 0's reason, for the ranks waiting on it
 DONE = "universal"  # the tag (sub-directory) DeepSpeed loads, inside the finished conversion directory
 PARALLEL_ABOVE_BYTES = 1 << 30  # below this, worker processes cost more to start than they save
 
@@ -93,17 +95,27 @@ def convert(step_dir: Path, tag: str) -> Path:
     return final
 
 
-def ensure(step_dir: Path, tag: str, rank: int, agree: Callable[[Optional[str]], list]) -> Path:
-    """Collective: rank 0 converts (or finds the conversion made by an earlier attempt), every rank
-    returns its path. `agree` gathers one object per rank (the others wait in it for rank 0), so a failed
-    conversion fails every rank with rank 0's reason instead of leaving them waiting."""
-    path, problem = None, None
+def ensure(step_dir: Path, tag: str, rank: int, broadcast: Callable[[object], object], poll_s: float = 1.0) -> Path:
+    """Collective entry, file-system wait: rank 0 converts (or finds the conversion of an earlier attempt) while
+    the other ranks poll for it, outside any collective, so a conversion of hours (an 8x22B checkpoint) never
+    trips the process group's timeout. A failed conversion fails every rank with rank 0's reason, through a
+    marker file named for this call (`broadcast`: rank 0's token to all), so no rank waits for nothing; a rank 0
+    that dies mid-way ends the ranks' step (srun --kill-on-bad-exit; the local launcher does the same)."""
+    token = broadcast(uuid.uuid4().hex if rank == 0 else None)
+    failed = step_dir / f"{FAILED}{token}"
     if rank == 0:
+        for stale in step_dir.glob(f"{FAILED}*"):
+            stale.unlink(missing_ok=True)
         try:
-            path = convert(step_dir, tag)
-        except Exception as exc:  # noqa: BLE001  (re-raised on every rank just below)
-            problem = f"{type(exc).__name__}: {exc}"
-    problems = [p for p in agree(problem) if p]
-    if problems:
-        raise RuntimeError(f"converting {step_dir.name}/{tag} to a universal checkpoint failed: {problems[0]}")
-    return path or conversion_dir(step_dir, saved_world_size(step_dir / tag))
+            return convert(step_dir, tag)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            write_text_atomic(failed, reason)
+            raise RuntimeError(f"converting {step_dir.name}/{tag} to a universal checkpoint failed: {reason}") from exc
+    final = conversion_dir(step_dir, saved_world_size(step_dir / tag))
+    while not (final / DONE).is_dir():
+        if failed.is_file():
+            raise RuntimeError(f"converting {step_dir.name}/{tag} to a universal checkpoint failed: "
+                               f"{failed.read_text()}")
+        time.sleep(poll_s)
+    return final

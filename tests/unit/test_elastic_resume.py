@@ -3,6 +3,9 @@ by the ranks): DDP and ZeRO-3 alike, where the global batch divides by micro_bat
 more; which node counts a shrink may use (jobs.slurm_launcher.step_node_counts: ZeRO-3 shards must still fit); and
 the ZeRO-3 conversion's failure paths (saul.train.universal_checkpoint). The real conversions and resumes:
 tests/integration/test_elastic_resume.py."""
+import threading
+import time
+
 import pytest
 
 from jobs import slurm_launcher
@@ -77,19 +80,47 @@ def test_the_saved_world_size_is_read_from_a_complete_set_of_shards(tmp_path):
 
 
 def test_a_failed_conversion_fails_every_rank_with_the_reason_and_leaves_nothing_half_written(tmp_path):
+    """Rank 0 and a waiting rank, as two threads sharing the token broadcast: rank 0's conversion fails (these
+    shards are not DeepSpeed's), and the waiting rank stops polling with rank 0's reason."""
     step_dir = tmp_path / ckpt.step_dir_name(4)
     shards(step_dir, [0, 1])
-    before = sorted(p.relative_to(step_dir) for p in step_dir.rglob("*"))
-    gathered = []
+    (step_dir / ".universal-failed-oldtoken").write_text("an earlier attempt's failure")
+    before = sorted(p.relative_to(step_dir) for p in step_dir.rglob("*") if "failed" not in p.name)
+    token = {}
+    errors = {}
 
-    def gather(others):  # the collective: rank 0's report, then the other ranks'
-        return lambda mine: gathered.append(mine) or [mine, *others]
+    def broadcast(obj):  # rank 0's object to every rank, as saul.train.distributed.broadcast_object
+        if obj is not None:
+            token["value"] = obj
+        while "value" not in token:
+            time.sleep(0.01)
+        return token["value"]
 
-    with pytest.raises(RuntimeError, match=r"^converting step-00000004/zero3 to a universal checkpoint failed: "
-                                           r"UnpicklingError: invalid load key$"):
-        # rank 1's view: it converts nothing and learns rank 0's reason from the gather
-        universal_checkpoint.ensure(step_dir, "zero3", 1, lambda mine: ["UnpicklingError: invalid load key", mine])
-    with pytest.raises(RuntimeError, match=r"^converting step-00000004/zero3 to a universal checkpoint failed: \w+"):
-        universal_checkpoint.ensure(step_dir, "zero3", 0, gather([None]))
-    assert gathered and gathered[0]  # rank 0 reported its own failure to the others
-    assert sorted(p.relative_to(step_dir) for p in step_dir.rglob("*")) == before  # no temporary, no conversion
+    def rank(r):
+        try:
+            universal_checkpoint.ensure(step_dir, "zero3", r, broadcast, poll_s=0.05)
+        except RuntimeError as exc:
+            errors[r] = str(exc)
+
+    waiting = threading.Thread(target=rank, args=(1,))
+    waiting.start()  # polls before rank 0 has even started
+    rank(0)
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()
+    assert errors[0] == errors[1] and errors[0].startswith(
+        "converting step-00000004/zero3 to a universal checkpoint failed: ")
+    assert "earlier attempt" not in errors[1]  # another call's marker is never read (and rank 0 removed it)
+    assert not (step_dir / ".universal-failed-oldtoken").exists()
+    # no temporary directory, no conversion: only the shards and this failure's marker
+    assert sorted(p.relative_to(step_dir) for p in step_dir.rglob("*") if "failed" not in p.name) == before
+    assert [p.name for p in step_dir.glob(".universal-failed-*")] == [f".universal-failed-{token['value']}"]
+
+
+def test_a_waiting_rank_takes_the_conversion_rank_0_finished(tmp_path):
+    step_dir = tmp_path / ckpt.step_dir_name(4)
+    shards(step_dir, [0, 1])
+    done = universal_checkpoint.conversion_dir(step_dir, 2) / universal_checkpoint.DONE
+    timer = threading.Timer(0.2, lambda: done.mkdir(parents=True))  # rank 0's rename, a moment later
+    timer.start()
+    assert universal_checkpoint.ensure(step_dir, "zero3", 1, lambda obj: "t", poll_s=0.05) == done.parent
+    timer.join()
