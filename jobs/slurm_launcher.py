@@ -116,25 +116,51 @@ def rank_python(cfg, image: str, rundir: RunDir) -> str:
     return " ".join(parts)
 
 
-def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
-    """One power meter per node for the whole job, in the background, stopped by a file at teardown."""
+def meter_srun(cfg, rundir: RunDir, python: str, nodes: str) -> str:
+    """The meter step: one meter per node of `nodes` (srun --nodes/--nodelist arguments), in the background."""
     from jobs.meter_command import meter_args
 
-    if not cfg.energy.enabled:
-        return []
     args = " ".join(shlex.quote(a) for a in meter_args(cfg, str(rundir.power)))
-    power = shlex.quote(str(rundir.power))
     meter = (f'{python} -m monitoring.meter {args} --node "$SLURMD_NODENAME" --job "$SLURM_JOB_ID" '
              f'--attempt "${{SLURM_RESTART_COUNT:-0}}" --stop-file "$SAUL_METER_STOP"')
+    # --overlap: the meter shares the ranks' CPUs instead of holding one back from them.
+    return (f'srun --overlap --job-name=saul-meter {nodes} --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+            f'--kill-on-bad-exit=0 --output={shlex.quote(str(rundir.logs) + "/meter-%j-%N.out")} '
+            f"bash -c {shlex.quote('exec ' + meter)} &")
+
+
+def meter_lines(cfg, rundir: RunDir, python: str) -> List[str]:
+    """One power meter per node for the whole job, in the background, stopped by a file at teardown."""
+    if not cfg.energy.enabled:
+        return []
+    power = shlex.quote(str(rundir.power))
     return [
         f'export SAUL_METER_STOP={power}/".stop-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}"',
         f"mkdir -p {power}",
-        # --overlap: the meter shares the ranks' CPUs instead of holding one back from them.
-        'srun --overlap --job-name=saul-meter --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" '
-        '--ntasks-per-node=1 '
-        f'--kill-on-bad-exit=0 --output={shlex.quote(str(rundir.logs) + "/meter-%j-%N.out")} '
-        f"bash -c {shlex.quote('exec ' + meter)} &",
+        meter_srun(cfg, rundir, python, '--nodes="$SLURM_JOB_NUM_NODES"'),
         "SAUL_METER_PID=$!",
+    ]
+
+
+def meter_restart_lines(cfg, rundir: RunDir, python: str) -> List[str]:
+    """After a swap or a shrink (the ranks moved): the meter step over the old nodes died with the lost node (or
+    is stopped now); meter the nodes the ranks use from now on, and only them, so the energy covers the run."""
+    if not cfg.energy.enabled or not step_node_counts(cfg):
+        return []
+    from saul.resilience.spares import step_nodes_path
+
+    power = shlex.quote(str(rundir.power))
+    return [
+        'if [ "$saul_moved" = 1 ]; then  # the ranks moved to another node set',
+        'touch "$SAUL_METER_STOP"',
+        # Bounded: a meter step that still counts the lost node must not hold the relaunch.
+        'for saul_i in $(seq 100); do kill -0 $SAUL_METER_PID 2>/dev/null || break; sleep 0.1; done',
+        "kill $SAUL_METER_PID 2>/dev/null; wait $SAUL_METER_PID 2>/dev/null",
+        f'export SAUL_METER_STOP={power}/".stop-$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}-$saul_step"',
+        meter_srun(cfg, rundir, python, f'--nodes="$SLURM_JOB_NUM_NODES" --nodelist={step_nodes_path(rundir.root)}'),
+        "SAUL_METER_PID=$!",
+        f"{HOST_PYTHON} -m saul.resilience.spares {shlex.quote(str(rundir.root))} --meter-restarted",
+        "fi",
     ]
 
 
@@ -185,7 +211,8 @@ def spare_lines(cfg, rundir: RunDir) -> List[str]:
     return [
         f'saul_pick=$({HOST_PYTHON} -m saul.resilience.spares {shlex.quote(str(rundir.root))} '
         f'--node-counts {",".join(map(str, counts))}) || {{ saul_rc=1; break; }}',
-        'export MASTER_ADDR="${saul_pick% *}" SLURM_JOB_NUM_NODES="${saul_pick#* }"',
+        'read -r MASTER_ADDR SLURM_JOB_NUM_NODES saul_moved <<<"$saul_pick"',
+        "export MASTER_ADDR SLURM_JOB_NUM_NODES",
         f"export SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * {int(cfg.nproc)}))",
     ]
 
@@ -231,7 +258,7 @@ def teardown_lines(cfg, rundir: RunDir) -> List[str]:
              f"--min-time-left {min_time_left_s(cfg)} --step-started $saul_step_started"
              + ("" if r.in_job_restart else " --off")
              + (f" --node-counts {','.join(map(str, step_node_counts(cfg)))}" if step_node_counts(cfg) else "")
-             + " || break",
+             + f" --blame-after {int(r.blame_after)} || break",
              "saul_step=$((saul_step + 1))",
              "done"]
     if cfg.energy.enabled:
@@ -312,7 +339,9 @@ def executor_parameters(cfg, rundir: RunDir, image: str, env=os.environ, strict:
         "stderr_to_stdout": True,
         "wckey": site.wckey or None,  # submitit would add --wckey=submitit, which wckey-enforcing sites reject
         "setup": (setup_lines(cfg, rundir) + meter_lines(cfg, rundir, rank_python(cfg, image, rundir))
-                  + restart_loop_head() + spare_lines(cfg, rundir) + watchdog_lines(cfg, rundir) + port_lines()),
+                  + restart_loop_head() + spare_lines(cfg, rundir)
+                  + meter_restart_lines(cfg, rundir, rank_python(cfg, image, rundir))
+                  + watchdog_lines(cfg, rundir) + port_lines()),
         "teardown": teardown_lines(cfg, rundir),
         "srun_args": ["--kill-on-bad-exit=1", "--overlap", f"--job-name={RANKS_STEP_NAME}",
                       *spare_srun_args(cfg, rundir), *cpu_bind_args(site, cfg.nproc), *site.srun_extra],
@@ -346,9 +375,14 @@ BINDING_LOG = ("bash -c 'echo \"binding: rank $SLURM_PROCID node $SLURMD_NODENAM
                "${SLURM_STEP_GPUS:-${GPU_DEVICE_ORDINAL:-none}}\"; exec \"$@\"' saul-rank")
 
 
+# Each rank runs submitit's entry point through our guard (same process): it records where the rank started,
+# an uncaught exception, and starts the witness that notes when the rank died (saul.resilience.blame).
+RANK_GUARD = "-u -m saul.resilience.rank_guard"
+
+
 def rank_launcher(python: str) -> str:
-    """The `python` submitit puts after srun: the binding line, then the rank's interpreter."""
-    return f"{BINDING_LOG} {python}"
+    """The `python` submitit puts after srun: the binding line, then the rank's interpreter and our guard."""
+    return f"{BINDING_LOG} {python} {RANK_GUARD}"
 
 
 def rank_command(python: str, folder: Path) -> str:

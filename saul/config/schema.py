@@ -144,6 +144,9 @@ class ResilienceConfig:
     allow_shrink: bool = False  # go on with fewer nodes when one is lost and no spare is left (another world size
     # resumes the checkpoint with the grad_accum that keeps its global batch; ZeRO-3 shards through DeepSpeed's
     # universal checkpoint, saul.train.universal_checkpoint), and back to `nodes` after a requeue
+    # a node whose ranks died first in this many crashed launches is blamed and excluded like a failed one (a spare
+    # replaces it, or the run shrinks, or the requeue avoids it: saul/resilience/blame.py); 0: never blame
+    blame_after: int = 2
 
 
 @dataclass

@@ -55,7 +55,7 @@ def validate(cfg) -> List[str]:
     # ift, dpo: train.max_steps=0 = their epochs in steps (the ranks count the rows)
     _positive(cfg, "train.max_steps", allow_zero=cfg.stage in POSTTRAIN_STAGES)
     for key in ("optim.warmup_steps", "optim.schedule_steps", "optim.weight_decay", "optim.grad_clip", "train.stop_after_steps",
-                "train.threads_per_rank", "data.num_workers"):
+                "train.threads_per_rank", "data.num_workers", "resilience.blame_after"):
         _positive(cfg, key, allow_zero=True)
     if cfg.energy.interval_s <= 0:
         raise ConfigError(f"energy.interval_s={cfg.energy.interval_s} is out of range: it must be > 0")

@@ -10,9 +10,15 @@ nodes cover. Usable: still in the job's allocation (Slurm drops a failed node fr
 job), in service (sinfo), not excluded by this run's ledger; taken in allocation order, so the
 batch host (the first node, where the rendezvous port is chosen) stays the ranks' first node. It
 writes them, one per line, to the file the ranks' `srun --nodelist=<file>` reads (a path with a
-'/' is a host file to srun), and prints "<first node's address> <count>" (MASTER_ADDR and the
-ranks' node count). When the set changed since the previous pass of this job, one record says
-how: `node_swap` (a spare came in) or `shrink` (fewer nodes; the ranks resume elastically).
+'/' is a host file to srun), and prints "<first node's address> <count> <moved>" (MASTER_ADDR, the
+ranks' node count, 1 when the set changed since the previous pass of this job, else 0). A change
+is recorded as `node_swap` (a spare came in) or `shrink` (fewer nodes; the ranks resume
+elastically). Excluded nodes include those blamed for repeated crashes (saul.resilience.blame).
+
+    python3 -m saul.resilience.spares <stage_dir> --meter-restarted
+
+After a change the batch script relaunches the power meters on the new node set (the meter step
+over the old set died with the lost node, or is stopped) and records it: `meter_restart`.
 
 Exit 0: picked; exit 1: fewer usable nodes than the smallest count (the job goes back to Slurm).
 Standard library only (Python >= 3.8, the batch host's python3).
@@ -96,17 +102,29 @@ def swap_record(job_id: str, before: List[str], after: List[str], spares_left: i
             "spares_left": spares_left, "time": time.time()}
 
 
+def meter_restart_record(job_id: str, nodes: List[str], launch: int) -> dict:
+    return {"event": "meter_restart", "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            "step_restart": launch, "nodes": nodes, "time": time.time()}
+
+
 def main(argv=None) -> int:
     from saul.resilience.before_job import unhealthy
 
     parser = argparse.ArgumentParser(prog="python3 -m saul.resilience.spares")
     parser.add_argument("stage_dir", type=Path)
-    parser.add_argument("--node-counts", required=True, help="node counts the ranks may run on, best first: 2,1")
+    parser.add_argument("--node-counts", help="node counts the ranks may run on, best first: 2,1")
+    parser.add_argument("--meter-restarted", action="store_true", help="record that the meters were relaunched on "
+                        "the picked nodes")
     args = parser.parse_args(argv)
-    counts = [int(c) for c in args.node_counts.split(",")]
     job_id = os.environ.get("SLURM_JOB_ID", "")
     launch = int(os.environ.get("SAUL_STEP_RESTART", "0"))
     path = args.stage_dir / "ledger.jsonl"
+    if args.meter_restarted:
+        ledger.append(path, meter_restart_record(job_id, read_step_nodes(args.stage_dir), launch))
+        return 0
+    if not args.node_counts:
+        parser.error("--node-counts is required")
+    counts = [int(c) for c in args.node_counts.split(",")]
     allocation = current_allocation(job_id)
     bad = unhealthy(allocation)
     excluded = excluded_nodes(path, int(os.environ.get("SAUL_MAX_EXCLUDED_NODES", "16")))
@@ -118,12 +136,13 @@ def main(argv=None) -> int:
         return 1
     before = read_step_nodes(args.stage_dir) if launch > 0 else []
     write_text_atomic(step_nodes_path(args.stage_dir), "\n".join(chosen) + "\n")
-    if before and before != chosen:
+    moved = bool(before) and before != chosen
+    if moved:
         spares_left = usable_count(allocation, bad, excluded) - len(chosen)
         ledger.append(path, swap_record(job_id, before, chosen, spares_left, launch))
         print(f"spares: ranks move from {','.join(before)} to {','.join(chosen)} ({spares_left} spare(s) left)",
               file=sys.stderr, flush=True)
-    print(node_address(chosen[0]), len(chosen), flush=True)
+    print(node_address(chosen[0]), len(chosen), int(moved), flush=True)
     return 0
 
 

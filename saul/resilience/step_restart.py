@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 from saul.resilience import ledger
 from saul.resilience.after_job import cancelled, classify, decide, newest_checkpoint_step
+from saul.resilience.blame import attribute_crash
 from saul.resilience.node_exclusion import exclude, excluded_nodes
 from saul.resilience.spares import current_allocation, read_step_nodes, usable_count
 from saul.resilience.watchdog import hang_marker
@@ -74,14 +75,15 @@ def decide_in_job(code: int, hung: bool, history: List[dict], checkpoint_step: i
     if was_cancelled:
         return False, "cancelled by the user"
     if lost_nodes and spare_ready:
-        why = f"node(s) {','.join(lost_nodes)} out of service: relaunching on the healthy nodes of this allocation"
+        why = (f"node(s) {','.join(lost_nodes)} out of service or blamed: relaunching on the healthy nodes of this "
+               "allocation")
     else:
         action, why = decide(code, history, checkpoint_step, budget, hung)
         if action != "requeue":
             return False, why
         if lost_nodes:
-            return False, (f"node(s) {','.join(lost_nodes)} of the allocation are out of service and no spare is "
-                           "left: the job goes back to Slurm")
+            return False, (f"node(s) {','.join(lost_nodes)} of the allocation are out of service or blamed and no "
+                           "spare is left: the job goes back to Slurm")
     if time_left is not None and time_left < min_time_left:
         return False, f"{time_left:.0f}s of the time limit left (< {min_time_left:.0f}s): requeue instead"
     return True, f"{why}; in-job restart"
@@ -125,6 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--off", action="store_true", help="never relaunch here (resilience.in_job_restart=false)")
     parser.add_argument("--node-counts", default="", help="node counts the ranks may run on, best first "
                         "(spare nodes, allow_shrink: saul.resilience.spares)")
+    parser.add_argument("--blame-after", type=int, default=0, help="crashes that blame a node (resilience.blame_after; "
+                        "0: never)")
     args = parser.parse_args(argv)
     returned = time.time()  # srun returned just before this process started
     path = args.stage_dir / "ledger.jsonl"
@@ -134,15 +138,19 @@ def main(argv=None) -> int:
     checkpoint_step = newest_checkpoint_step(args.stage_dir)
     kind = "hang" if hung and args.exit_code != 0 else classify(args.exit_code)
     failed = kind in ("crash", "hang") and not args.off
+    blamed: List[str] = []
+    if kind == "crash" and args.blame_after > 0:  # also with in-job restart off: the requeue then avoids the node
+        blamed = attribute_crash(args.stage_dir, job_id, int(os.environ.get("SLURM_RESTART_COUNT", "0")), args.step,
+                                 args.exit_code, args.blame_after)
     spare_ready, to_exclude = False, {}
     if args.node_counts and failed:
         need = min(int(c) for c in args.node_counts.split(","))
         lost_why, spare_ready, lost_spares = spare_view(args.stage_dir, path, job_id, need)
-        lost = sorted(lost_why)
+        lost = sorted(set(lost_why) | set(blamed))  # a blamed node is already excluded: spare_view counts it out
         # A failed node is excluded for the rest of this run, whether the ranks or only a spare stood on it.
         to_exclude = {**lost_spares, **{n: w for n, w in lost_why.items() if n not in excluded_nodes(path, 10 ** 6)}}
     else:
-        lost = lost_allocation_nodes(allocation_nodes()) if failed else []
+        lost = sorted(set(lost_allocation_nodes(allocation_nodes())) | set(blamed)) if failed else []
     left = time_left_s(job_id) if failed else None
     relaunch, why = decide_in_job(args.exit_code, hung, budget_history(records), checkpoint_step, args.budget,
                                   not args.off, lost, left, args.min_time_left, cancelled(path, job_id), spare_ready)
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
         "step_restart": args.step + 1, "exit_code": args.exit_code,
         "class": "node_failure" if lost and spare_ready else kind, "action": "relaunch",
         "why": why, "checkpoint_step": checkpoint_step, "nodelist": os.environ.get("SLURM_JOB_NODELIST", ""),
-        "lost_nodes": lost, "step_started": args.step_started, "step_returned": returned, "time_left_s": left,
+        "lost_nodes": lost, "blamed_nodes": blamed, "step_started": args.step_started, "step_returned": returned, "time_left_s": left,
     })
     print(f"step_restart: exit code {args.exit_code} -> relaunching the ranks in this allocation: {why}", flush=True)
     return RELAUNCH

@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 
+from monitoring.power_log import load_power_dir
 from tests.integration import e2e
 
 pytestmark = pytest.mark.slurm
@@ -222,6 +223,102 @@ def test_a_node_set_down_is_swapped_for_a_spare_inside_the_allocation(slurm_clus
     assert [r["node"] for r in ledger(stage) if r["event"] == "node_excluded"] == [victim]
     # sacct: one job, never requeued; Slurm books the lost node as a resize of the same run.
     assert [r["State"].split()[0] for r in runs_of_job(slurm_cluster, job)] == ["RESIZING", "COMPLETED"]
+    assert_recovered_exactly(stage, clean_run)
+    assert_metered_after_the_swap(stage, job, swap)
+
+
+def assert_metered_after_the_swap(stage, job, swap):
+    """The meter step died with the lost node: it was relaunched on the ranks' new nodes, and only on them, and
+    their power logs run on to the end of the job, so the energy report covers the time after the swap."""
+    (restart,) = [r for r in ledger(stage) if r["event"] == "meter_restart"]
+    assert restart["nodes"] == swap["nodes_after"] and restart["job_id"] == job and restart["time"] >= swap["time"]
+    end = max(r["time"] for r in ledger(stage) if r["event"] == "attempt_end")
+    energy = load_power_dir(stage / "power")
+    for node in swap["failed"]:  # never metered again once lost
+        assert all(run.start_time < swap["time"] for run in energy[(node, job)].runs)
+    for node in swap["nodes_after"]:
+        (after,) = [run for run in energy[(node, job)].runs if run.start_time >= swap["time"]]
+        assert after.complete and after.energy_j > 0
+        assert after.start_time - restart["time"] < 15 and after.end_time >= end  # metered until the ranks ended
+    total = sum(e.duration_s for e in energy.values())
+    covered = sum(run.duration_s for e in energy.values() for run in e.runs if run.start_time >= swap["time"])
+    assert covered >= len(swap["nodes_after"]) * (end - restart["time"] - 15) and total > covered
+
+
+def guarded_rank(stage, rank, timeout=60):
+    """(pid, node) of `rank` as its witness names it (saul.resilience.rank_guard --witness PID FILE): the rank
+    process itself, never a worker it forked; once the witness runs, its SIGTERM handler is in place soon after."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "--witness" in cmd and str(stage) in cmd[-1]:
+                try:
+                    env = proc.environ()
+                except psutil.NoSuchProcess:
+                    continue
+                if env.get("SLURM_PROCID") == str(rank) and psutil.pid_exists(int(cmd[cmd.index("--witness") + 1])):
+                    return int(cmd[cmd.index("--witness") + 1]), env["SLURMD_NODENAME"]
+        time.sleep(0.2)
+    raise AssertionError(f"no witness for rank {rank}")
+
+
+def test_a_node_whose_rank_keeps_crashing_is_blamed_and_swapped_for_the_spare(slurm_cluster, packed_data, tmp_path,
+                                                                             clean_run):
+    """A bad node Slurm never marks: its rank is SIGKILLed in two launches in a row (fault injection keyed on the
+    node). The witnesses saw it die before Slurm's SIGTERM both times: node_blamed after resilience.blame_after=2,
+    excluded, the ranks move to the spare inside the same allocation, one job, the clean run's losses and weights."""
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "blame", "resilience.spare_nodes=1"))
+    stage = runs / "blame" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    first = (stage / "step_nodes").read_text().split()
+    victim = guarded_rank(stage, 1)[1]
+    killed = set()
+    while len(killed) < 2:  # every launch: the rank on the bad node dies
+        pid, node = guarded_rank(stage, 1)
+        if pid in killed or node != victim:
+            time.sleep(0.2)
+            continue
+        time.sleep(1.0)  # the witness has its SIGTERM handler
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    ends = wait_until_done(stage, timeout=400)
+    assert [e["class"] for e in ends] == ["done"]  # no requeue
+    attributions = [r for r in ledger(stage) if r["event"] == "crash_attribution"]
+    assert [r["suspects"] for r in attributions] == [[victim], [victim]]
+    assert all(r["ranks"] == [1] for r in attributions)
+    (blamed,) = [r for r in ledger(stage) if r["event"] == "node_blamed"]
+    assert blamed["node"] == victim and blamed["crashes"] == 2 and len(blamed["evidence"]) == 2
+    assert [r["node"] for r in ledger(stage) if r["event"] == "node_excluded"] == [victim]
+    (swap,) = [r for r in ledger(stage) if r["event"] == "node_swap"]
+    (spare,) = set(slurm_cluster.node_names) - set(first)
+    assert swap["failed"] == [victim] and swap["replacements"] == [spare]
+    restarts = [r for r in ledger(stage) if r["event"] == "step_restart"]
+    assert [r["class"] for r in restarts] == ["crash", "node_failure"] and restarts[1]["blamed_nodes"] == [victim]
+    assert [r["State"].split()[0] for r in runs_of_job(slurm_cluster, job)] == ["COMPLETED"]  # one job, one run
+    assert_recovered_exactly(stage, clean_run)
+
+
+@pytest.mark.slow
+def test_every_rank_crashing_at_once_blames_nobody(slurm_cluster, packed_data, tmp_path, clean_run):
+    """Both ranks SIGKILLed together (what a crash of our own code on every node looks like to Slurm): ambiguous,
+    recorded as such, nobody blamed even with resilience.blame_after=1; relaunched, finishes exactly. The same
+    verdict for a Python exception on every rank: tests/unit/test_blame.py (real guard processes)."""
+    runs = tmp_path / "runs"
+    job = submit(slurm_cluster, *args(runs, packed_data, "all", "resilience.blame_after=1"))
+    stage = runs / "all" / "cpt"
+    e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    pids = [guarded_rank(stage, 0)[0], guarded_rank(stage, 1)[0]]
+    time.sleep(1.0)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    ends = wait_until_done(stage)
+    assert [e["class"] for e in ends] == ["done"]
+    (attribution,) = [r for r in ledger(stage) if r["event"] == "crash_attribution"]
+    assert attribution["suspects"] == [] and "died together: ambiguous" in attribution["why"]
+    assert attribution["ranks"] == [0, 1] and attribution["job_id"] == job
+    assert not any(r["event"] in ("node_blamed", "node_excluded") for r in ledger(stage))
     assert_recovered_exactly(stage, clean_run)
 
 

@@ -99,7 +99,9 @@ def test_adastra_script_carries_the_site_figures():
         assert line in script
     assert command.startswith("bash -c 'echo \"binding: rank $SLURM_PROCID")  # each rank logs where Slurm put it
     assert ' saul-rank ' in command and '"/lus/work/saul/runs,' in command and "--rocm" in command
-    assert '"/lus/work/CT6/someone/containers/saul-rocm.sif" python -u -m submitit.core._submit' in command
+    # the image's python runs submitit's entry point through our rank guard (saul.resilience.rank_guard)
+    assert ('"/lus/work/CT6/someone/containers/saul-rocm.sif" python -u -m saul.resilience.rank_guard '
+            '-u -m submitit.core._submit') in command
     assert 'export MIOPEN_USER_DB_PATH="/tmp/$USER-miopen-$SLURM_JOB_ID"' in script  # expanded on the node
     assert "gda2301" not in command  # nothing secret-ish on the rank command line
 

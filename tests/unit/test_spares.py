@@ -53,7 +53,7 @@ def test_a_lost_node_with_a_spare_is_swapped_without_spending_the_failure_budget
     spent = [{"event": "step_restart", "class": "crash", "checkpoint_step": 8}] * 2
     assert not decide(history=spent)[0]  # a third crash without progress: the budget stops it
     relaunch, why = decide(history=spent, lost=["n2"], spare_ready=True)
-    assert relaunch and "n2 out of service: relaunching on the healthy nodes of this allocation" in why
+    assert relaunch and "n2 out of service or blamed: relaunching on the healthy nodes of this allocation" in why
     relaunch, why = decide(lost=["n2"], spare_ready=False)
     assert not relaunch and "no spare is left" in why
     assert not decide(code=0, lost=["n2"], spare_ready=True)[0]  # the stage finished: nothing to swap
@@ -74,9 +74,25 @@ def test_spares_hold_more_nodes_with_no_kill_and_run_the_ranks_on_the_picked_one
     loop = script.split("while :; do")[1]
     pick_at = loop.index("-m saul.resilience.spares")
     # srun reads the picked count as --nodes and the ranks as --ntasks; submitit's ranks read them too
-    assert pick_at < loop.index('SLURM_JOB_NUM_NODES="${saul_pick#* }"') < loop.index("--job-name=saul-ranks")
+    read_at = loop.index('read -r MASTER_ADDR SLURM_JOB_NUM_NODES saul_moved <<<"$saul_pick"')
+    assert pick_at < read_at < loop.index("--job-name=saul-ranks")
     assert "export SLURM_NTASKS=$((SLURM_JOB_NUM_NODES * 2))" in loop
-    assert loop.count("--node-counts 2 ") == 1 and "--node-counts 2 || break" in loop
+    assert loop.count("--node-counts 2 ") == 1 and "--node-counts 2 --blame-after 2 || break" in loop
+
+
+def test_after_the_ranks_move_the_meters_are_relaunched_on_the_new_nodes_only():
+    script, rundir = rendered("resilience.spare_nodes=1", "nproc=2", "energy.enabled=true")
+    loop = script.split("while :; do")[1]
+    block = loop[loop.index('if [ "$saul_moved" = 1 ]'):loop.index("\nfi\n")]
+    # the old meter step is stopped first (its own stop file), then one meter per node the ranks now use
+    assert block.index('touch "$SAUL_METER_STOP"') < block.index("--job-name=saul-meter")
+    meter = shlex.split(next(line for line in block.splitlines() if "--job-name=saul-meter" in line))
+    assert f"--nodelist={rundir.root / 'step_nodes'}" in meter and "--ntasks-per-node=1" in meter
+    assert '-$saul_step"' in block.split("export SAUL_METER_STOP=")[1].splitlines()[0]  # not the old step's file
+    assert "-m saul.resilience.spares" in block and "--meter-restarted" in block
+    assert block.index("--job-name=saul-meter") < loop.index("--job-name=saul-ranks")
+    plain, _ = rendered("nproc=2", "energy.enabled=true")  # no spares, no shrink: the ranks never move
+    assert "saul_moved" not in plain
 
 
 @pytest.mark.parametrize("extra, counts", [
@@ -95,7 +111,7 @@ def test_allow_shrink_lists_the_node_counts_that_keep_the_global_batch(extra, co
 def test_allow_shrink_alone_holds_no_spare_but_survives_a_lost_node():
     script, _ = rendered("resilience.allow_shrink=true", "model=tiny-mixtral")  # ddp, grad_accum 2
     assert "#SBATCH --nodes=2" in script and "#SBATCH --no-kill" in script
-    assert "--node-counts 2,1)" in script and "--node-counts 2,1 || break" in script
+    assert "--node-counts 2,1)" in script and "--node-counts 2,1 --blame-after 2 || break" in script
 
 
 def test_without_spares_the_script_holds_exactly_the_nodes_and_no_no_kill():
