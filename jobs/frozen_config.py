@@ -31,6 +31,7 @@ from saul.train.checkpoint import newest_state, shrunk_grad_accum
 CHANGEABLE = (
     "dry_run", "follow", "resilience.", "nodes", "nproc", "time_limit_min", "site.", "checkpoint.", "energy.", "train.max_steps",
     "train.stop_after_steps", "train.log_every", "train.log_sample_ids", "train.threads_per_rank", "data.num_workers",
+    "data.piece_mb",  # how prepare cuts its work, not what it produces (same dataset for any value)
 )
 
 

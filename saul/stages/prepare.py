@@ -1,8 +1,8 @@
 """stage=prepare: raw documents -> cleaned, deduplicated, tokenized, packed shards (saul/data).
 
 Ranks share no process group (no torch needed): with `data.sources` every rank runs its share of
-the input shards of the real pipeline (saul.data.pipeline), otherwise rank 0 generates the
-synthetic demo corpus (saul.data.prepare). A stop request is checked between shards."""
+the input pieces of the real pipeline (saul.data.pipeline), otherwise rank 0 generates the
+synthetic demo corpus (saul.data.prepare). A stop request is checked between pieces."""
 from __future__ import annotations
 
 import time
@@ -27,7 +27,7 @@ class PrepareStage(Stage):
         cfg, rundir, info, say = ctx.cfg, ctx.rundir, ctx.info, ctx.say
         out = Path(cfg.data.path) if cfg.data.path else rundir.default_data
         t0 = time.time()
-        if cfg.data.sources:  # the real pipeline (saul.data.pipeline): every rank takes its shards
+        if cfg.data.sources:  # the real pipeline (saul.data.pipeline): every rank takes its pieces
             from saul.data.pipeline import run_prepare
             from saul.resilience.heartbeat import Heartbeat
 
@@ -36,11 +36,11 @@ class PrepareStage(Stage):
                                   beat=heartbeat.beat, say=say)
             if outcome.status == "stopped":
                 return {"exit_code": exit_codes.STOPPED, "step": 0,
-                        "reason": f"{stop.describe()}: {outcome.shards_run} shard(s) finished this attempt, "
+                        "reason": f"{stop.describe()}: {outcome.shards_run} piece(s) finished this attempt, "
                                   f"the rest on resume"}
             if outcome.status == "shards_done":
                 return {"exit_code": exit_codes.DONE, "step": 0,
-                        "reason": f"{outcome.shards_run} of {outcome.shards_total} shards done on this rank"}
+                        "reason": f"{outcome.shards_run} of {outcome.shards_total} pieces done on this rank"}
             manifest = outcome.manifest
         elif info.rank != 0:
             return {"exit_code": exit_codes.DONE, "reason": "prepare runs on rank 0 only"}

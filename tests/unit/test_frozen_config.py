@@ -50,3 +50,15 @@ def test_a_key_added_to_the_schema_since_is_no_difference_at_its_default():
     assert differences(OmegaConf.create(old), cfg_of()) == []
     changed = cfg_of("model.activation_checkpointing=true")
     assert differences(OmegaConf.create(old), changed) == [("model.activation_checkpointing", None, True)]
+
+
+def test_prepare_piece_size_may_change_between_submits_but_the_sources_may_not(tmp_path):
+    """data.piece_mb only cuts prepare's work (same dataset for any value); the inputs are what it makes."""
+    path, log = tmp_path / "config.yaml", tmp_path / "ledger.jsonl"
+    sources = "data.sources=[{path:/data/legal,role:legal}]"
+    prep = lambda *o: compose(["stage=prepare", "model=tiny-mixtral", "site=local", "run=r", sources, *o], env={}).cfg
+    freeze_or_check(path, prep("data.piece_mb=64"), log)
+    assert freeze_or_check(path, prep("data.piece_mb=1"), log) == "resuming with changes: data.piece_mb: 64.0 -> 1.0"
+    with pytest.raises(ConfigError, match=r"was started with data.sources="):
+        freeze_or_check(path, compose(["stage=prepare", "model=tiny-mixtral", "site=local", "run=r",
+                                       "data.sources=[{path:/data/other,role:legal}]"], env={}).cfg, log)
