@@ -37,3 +37,12 @@ def test_repeated_share_counts_every_word_of_a_repeated_10_gram_once():
     assert clean.repeated_share(["z"] * 30) == 1.0
     assert clean.repeated_share([str(i) for i in range(40)]) == 0.0
     assert clean.repeated_share(ten + ten[:9] + ["q"] + ten[:9]) == 0.0  # 9 words again is not a 10-gram
+
+
+def test_repetition_verdict_when_every_word_recurs_but_no_10_gram_does():
+    words = [f"clause{i}" for i in range(60)]
+    text = " ".join(words + words[::-1])  # every word twice (the cheap bound says 100 %), no 10-gram twice
+    assert clean.repeated_share(text.split()) == 0.0
+    assert clean.document_verdict(text, 50) == ("", "")
+    looped = " ".join(words[:30] * 4)
+    assert clean.document_verdict(looped, 50) == ("repetition", "100% of the words are in repeated 10-grams (> 80%)")
