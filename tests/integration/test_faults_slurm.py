@@ -142,7 +142,9 @@ def test_repeated_crashes_spend_the_failure_budget_then_stop(slurm_cluster, pack
     """Every launch dies before its first checkpoint: 2 relaunches in the allocation, then the budget (3) stops
     it, with the reason, without a requeue."""
     runs = tmp_path / "runs"
-    job = submit(slurm_cluster, *args(runs, packed_data, "budget", "resilience.failure_budget=3"))
+    # blame_after=0: the crashes all hit rank 1's node; blaming it would end this in a requeue (no spare), not a stop
+    job = submit(slurm_cluster, *args(runs, packed_data, "budget", "resilience.failure_budget=3",
+                                      "resilience.blame_after=0"))
     stage = runs / "budget" / "cpt"
     killed = set()
     deadline = time.time() + 300
