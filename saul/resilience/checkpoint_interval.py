@@ -5,7 +5,11 @@ the interval that loses the least time (saves plus work redone after a failure) 
 sqrt(2 C M). Here:
   - C is measured: the newest checkpoint save of this run (metrics.jsonl `checkpoint` records,
     this attempt's saves first). Before any save was ever measured the first save is taken after
-    one step, to measure it.
+    one step, to measure it. C is what training waits for: the whole save when it is synchronous,
+    only the snapshot into host memory when it is asynchronous (checkpoint.async_save: the record's
+    `seconds`; the write that overlaps training is its `background_s` and costs no training time).
+    One asynchronous save is in flight at a time, so the interval is never shorter than the newest
+    background write: a save due sooner would wait for the previous one.
   - M is the run's own failure rate: the wall time since its first attempt started divided by
     the failures the ledger recorded (crashes, hangs, node failures, in-job restarts included).
     Before the first failure, DEFAULT: Llama 3's pre-training report (419 unexpected
@@ -66,23 +70,33 @@ def observed_mtbf_s(ledger_records: List[dict], now: float, world_size: int) -> 
 
 
 def measured_costs(metrics_records: List[dict]) -> Tuple[Optional[float], Optional[float]]:
-    """(newest checkpoint save seconds, mean of the newest logged step times) from metrics.jsonl."""
+    """(newest checkpoint save's stall of training in seconds, mean of the newest logged step times) from
+    metrics.jsonl."""
     saves = [r["seconds"] for r in metrics_records if r.get("event") == "checkpoint" and "seconds" in r]
     steps = [r["step_time_s"] for r in metrics_records if "step_time_s" in r and "event" not in r]
     return (saves[-1] if saves else None), (statistics.mean(steps[-RECENT_STEPS:]) if steps else None)
 
 
+def newest_background_s(metrics_records: List[dict]) -> Optional[float]:
+    """The newest asynchronous save's background write (metrics.jsonl), None when none was made."""
+    writes = [r["background_s"] for r in metrics_records if r.get("event") == "checkpoint" and r.get("background_s")]
+    return writes[-1] if writes else None
+
+
 def choose(step: int, save_s: Optional[float], step_s: Optional[float], ledger_records: List[dict], world_size: int,
-           now: Optional[float] = None) -> dict:
-    """The next save step and why (a `checkpoint_interval` record)."""
+           now: Optional[float] = None, write_s: Optional[float] = None) -> dict:
+    """The next save step and why (a `checkpoint_interval` record); `write_s`: the newest asynchronous save's
+    background write, the shortest interval worth choosing."""
     mtbf, source = observed_mtbf_s(ledger_records, time.time() if now is None else now, world_size)
     if save_s is None or step_s is None:
         every, young = 1, None  # nothing measured yet: save after one step to measure the cost
     else:
         young = young_interval_s(save_s, mtbf)
         every = interval_steps(save_s, mtbf, step_s)
+        if write_s and young < write_s and step_s > 0:
+            every = max(every, math.ceil(write_s / step_s))
     return {"event": "checkpoint_interval", "step": step, "every_steps": every, "next_save_step": step + every,
-            "save_s": save_s, "step_s": step_s, "mtbf_s": mtbf, "mtbf_from": source,
+            "save_s": save_s, "write_s": write_s, "step_s": step_s, "mtbf_s": mtbf, "mtbf_from": source,
             "young_interval_s": round(young, 3) if young is not None else None}
 
 
@@ -102,6 +116,7 @@ class Cadence:
         self.next_save: Optional[int] = None
         self.step_times: List[float] = []
         self.save_s: Optional[float] = None
+        self.write_s: Optional[float] = None  # the newest asynchronous save's background write
 
     def due(self, step: int, step_s: float) -> bool:
         if not self.auto:
@@ -116,6 +131,10 @@ class Cadence:
             self.save_s = seconds
             self._plan(step, from_files=False)
 
+    def written(self, background_s: float) -> None:
+        """An asynchronous save finished its background write (rank 0 plans with it)."""
+        self.write_s = background_s or None
+
     def _plan(self, step: int, from_files: bool) -> None:
         record = None
         if self.is_main:
@@ -125,6 +144,7 @@ class Cadence:
                 old_save, old_step = measured_costs(self.read_metrics())
                 save_s = save_s if save_s is not None else old_save
                 step_s = old_step if old_step is not None else step_s
-            record = choose(step, save_s, step_s, self.read_ledger(), self.world_size)
+                self.write_s = self.write_s if self.write_s is not None else newest_background_s(self.read_metrics())
+            record = choose(step, save_s, step_s, self.read_ledger(), self.world_size, write_s=self.write_s)
             self.write(record)
         self.next_save = int(self.broadcast(record["next_save_step"] if record else None))

@@ -4,7 +4,9 @@ At a save, every rank copies the state it saves (its engine's `snapshot`: model,
 scheduler on rank 0 for DDP, every rank's RNG) into host memory and goes back to training; a
 background thread writes the files, fsyncs and hashes them and writes the rank's done marker,
 and rank 0's thread commits once all markers are there (the protocol: saul/train/checkpoint.py).
-The thread uses no collectives, so it never competes with training for the process group.
+The thread uses no collectives, so it never competes with training for the process group, and it
+runs at the lowest CPU priority (nice 19, this thread only): it uses the cores training leaves idle
+(a GPU node's host cores mostly are) instead of slowing the steps it overlaps.
 
 At most one save is in flight per rank: the next save, the end of the run and a stop wait for it
 first, so a stop still ends with a complete checkpoint and the host keeps at most one extra copy
@@ -14,6 +16,7 @@ parameters for AdamW; the other ranks: a few kB of RNG state).
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,6 +25,16 @@ from typing import Dict, Optional
 import torch
 
 from saul.train import checkpoint as ckpt
+
+BACKGROUND_NICE = 19
+
+
+def lower_this_threads_priority(nice: int = BACKGROUND_NICE) -> None:
+    """Linux: setpriority on a thread id changes that thread only; elsewhere (or refused) nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
 
 
 def _host_tensor(t: torch.Tensor, copy_: bool) -> torch.Tensor:
@@ -83,6 +96,7 @@ class AsyncSaver:
 
     def _run(self, job: dict) -> None:
         t0 = time.time()
+        lower_this_threads_priority()
         try:
             files = job.pop("files")
             names = sorted(files)

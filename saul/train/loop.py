@@ -189,10 +189,10 @@ class StepLoop:
     def save(self) -> float:
         """Checkpoint the state after this step; the seconds training stalled for it (the whole save, or for an
         asynchronous one the snapshot: Young's interval uses this). At most one save in flight: a previous
-        one is finished first."""
+        one is finished first (waiting for it counts as this save's stall)."""
+        t0 = time.time()
         self.settle_save()
         self.heartbeat.beat(self.pos.step, "save")
-        t0 = time.time()
         root, step = self.rundir.checkpoints, self.pos.step
         tmp = Path(broadcast_object(str(ckpt.begin_save(root, step)) if self.info.is_main else None))
         state = dict(self.expected_state(), step=step, samples_consumed=self.pos.samples,
@@ -238,6 +238,7 @@ class StepLoop:
         t["checkpoint_saves"] += 1
         t["checkpoint_blocking_s"] = round(t["checkpoint_blocking_s"] + done["blocking_s"], 4)
         t["checkpoint_background_s"] = round(t["checkpoint_background_s"] + done["background_s"], 4)
+        self.cadence.written(done["background_s"])
         self.metrics.write({"event": "checkpoint", "step": done["step"], "seconds": round(done["blocking_s"], 4),
                             "background_s": round(done["background_s"], 4), "mode": mode, "attempt": self.attempt})
 

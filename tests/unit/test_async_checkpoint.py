@@ -1,18 +1,21 @@
 """Asynchronous checkpoint saves: the snapshot is independent of training, the background protocol
 (files, done markers, rank 0's commit) works across real processes, and a process killed at any
 point of it leaves only a `.tmp-` directory that no reader picks."""
+import math
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from saul.resilience.checkpoint_interval import measured_costs
+from saul.resilience.checkpoint_interval import Cadence, choose, interval_steps, measured_costs, young_interval_s
 from saul.train import checkpoint as ckpt
 from saul.train.async_checkpoint import AsyncSaver, host_copy
 from tests.unit.test_checkpoint import newest_valid, save
@@ -111,6 +114,20 @@ def test_the_snapshot_does_not_change_when_training_goes_on():
     assert view["w"].data_ptr() == live["w"].data_ptr()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_background_writer_runs_at_the_lowest_priority_and_training_does_not(tmp_path):
+    tmp = ckpt.begin_save(tmp_path, 1)
+    saver = AsyncSaver(rank=0, world=2, timeout_s=0.5)  # waits for rank 1's marker: the thread stays alive
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    saver.start(tmp_path, tmp, 1, {"rng-rank00000.pt": {}}, {"step": 1}, keep_last=3, blocking_s=0.0)
+    while not (tmp / ckpt.done_marker(0)).exists():
+        time.sleep(0.005)
+    assert os.getpriority(os.PRIO_PROCESS, saver._thread.native_id) == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
+    with pytest.raises(RuntimeError, match="did not finish"):
+        saver.wait()
+
+
 def test_a_failed_background_write_is_raised_in_the_training_thread(tmp_path):
     saver = AsyncSaver(rank=1, world=2, timeout_s=5)
     missing = tmp_path / ".tmp-step-00000003"  # rank 0 never created it: the write fails
@@ -135,3 +152,26 @@ def test_youngs_save_cost_is_the_blocking_part():
     metrics = [{"event": "checkpoint", "step": 4, "seconds": 0.01, "background_s": 2.5, "mode": "async"},
                {"step": 5, "step_time_s": 0.2}]
     assert measured_costs(metrics) == (0.01, 0.2)
+
+
+def test_the_interval_is_never_shorter_than_the_background_write():
+    failures = [{"event": "attempt_start", "time": 0.0}, {"event": "step_restart", "class": "crash"}]
+    young = young_interval_s(0.01, 100.0)  # ~1.4 s: a cheap stall and a failure every 100 s
+    assert choose(5, 0.01, 0.1, failures, 2, now=100.0)["every_steps"] == interval_steps(0.01, 100.0, 0.1)
+    slow_write = choose(5, 0.01, 0.1, failures, 2, now=100.0, write_s=4.0)
+    assert young < 4.0 and slow_write["every_steps"] == math.ceil(4.0 / 0.1) and slow_write["write_s"] == 4.0
+    fast_write = choose(5, 0.01, 0.1, failures, 2, now=100.0, write_s=0.5)
+    assert fast_write["every_steps"] == interval_steps(0.01, 100.0, 0.1)  # Young's interval already covers it
+
+
+def test_the_cadence_plans_with_the_newest_background_write():
+    metrics = [{"event": "checkpoint", "step": 1, "seconds": 0.01, "background_s": 6.0}, {"step": 1, "step_time_s": 1.0}]
+    # a failure every ~10 ms: Young's interval is far shorter than a step, the write decides
+    ledger = [{"event": "attempt_start", "time": time.time() - 10}] + [{"event": "job_end", "class": "crash"}] * 1000
+    written = []
+    cadence = Cadence("auto", True, 2, lambda x: x, written.append, lambda: ledger, lambda: metrics)
+    cadence.due(2, 1.0)  # a resumed attempt plans from the run's files
+    assert written[-1]["write_s"] == 6.0 and written[-1]["every_steps"] == 6
+    cadence.written(9.0)
+    cadence.saved(3, 0.01)
+    assert written[-1]["write_s"] == 9.0 and written[-1]["every_steps"] == 9
