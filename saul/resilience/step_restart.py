@@ -1,7 +1,7 @@
 """In-job restart: after the ranks' step ends, relaunch it inside the same allocation, or leave to after_job.
 
     python3 -m saul.resilience.step_restart <stage_dir> <srun exit code> --step N [--budget B]
-                                            [--min-time-left S] [--off]
+                                            [--min-time-left S] [--off] [--blame-after K]
 
 Run by the batch script's restart loop right after `srun` returns (jobs/slurm_launcher.py). A
 Slurm requeue costs a queue wait (seconds here, minutes to hours on a busy machine) and a new
@@ -11,10 +11,16 @@ back to Slurm (after_job: requeue or stop) only when:
   - the ranks finished, stopped on request (time limit, preemption) or refused their input;
   - the failure budget is spent (the same count after_job keeps: crashes in a row without a new
     checkpoint, in-job restarts included);
-  - a node of the allocation is out of service (Slurm's view) and neither a healthy spare nor, with
-    resilience.allow_shrink, a smaller node count is left (saul.resilience.spares);
+  - a node of the allocation is out of service (Slurm's view) or blamed for repeated crashes, and
+    neither a healthy spare nor, with resilience.allow_shrink, a smaller node count is left
+    (saul.resilience.spares);
   - less than `--min-time-left` seconds of the job's time limit remain;
   - the user cancelled the run, or in-job restart is switched off (resilience.in_job_restart=false).
+
+Every crash (not a hang, a stop or bad input) is first attributed (saul.resilience.blame: a
+`crash_attribution` record, even with in-job restart off); a node that reaches `--blame-after`
+crashes is blamed and excluded, and then counts as lost: swapped for a spare without spending the
+failure budget, or the job leaves for a requeue that avoids it.
 
 Exit 0: relaunch now (a `step_restart` record is in the ledger, with the phases measured so far);
 exit 1: leave the loop. Standard library only (Python >= 3.8, the batch host's python3).
