@@ -56,7 +56,8 @@ def make_plan(cfg, rundir: RunDir) -> LaunchPlan:
         command = ["python", "-m", "saul.stage_entry", str(rundir.root)]
         launcher = "local processes (jobs/local_launcher.py)"
     else:
-        command = ["<python>", "-u", "-m", "submitit.core._submit", str(rundir.logs / "slurm"),
+        command = ["<python>", "-u", "-m", "saul.resilience.rank_guard", "-u", "-m", "submitit.core._submit",
+                   str(rundir.logs / "slurm"),
                    f"-> saul.stage_entry.StageTask({rundir.root})"]
         launcher = "submitit SlurmExecutor: one Slurm task per device (srun), see the sbatch script below"
     ranks = [RankPlan(n * cfg.nproc + r, n, r, device_label(cfg.site, r)) for n in range(cfg.nodes) for r in range(cfg.nproc)]

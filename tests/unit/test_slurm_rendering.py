@@ -153,3 +153,15 @@ def test_each_rank_sees_one_gcd_and_the_cores_next_to_it():
 def test_cpu_lists_parse_like_the_kernel_writes_them():
     assert parse_cpu_list("48-55") == list(range(48, 56))
     assert parse_cpu_list("0-2,7,9-10") == [0, 1, 2, 7, 9, 10]
+
+
+def test_the_dry_run_plan_shows_the_rank_command_the_ranks_run():
+    """The plan printed at submit names the same modules, in the same order, as the rendered rank command."""
+    from jobs.plan import make_plan
+
+    cfg, rundir = adastra()
+    _, command = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
+    shown = make_plan(cfg, rundir).command
+    modules = [shown[i + 1] for i, word in enumerate(shown) if word == "-m"]
+    assert modules == ["saul.resilience.rank_guard", "submitit.core._submit"]
+    assert " ".join(f"-u -m {m}" for m in modules) in command
