@@ -161,7 +161,7 @@ def test_the_dry_run_plan_shows_the_rank_command_the_ranks_run():
 
     cfg, rundir = adastra()
     _, command = slurm_launcher.render_batch_script(cfg, rundir, env=ADASTRA_ENV)
-    shown = make_plan(cfg, rundir).command
+    shown = make_plan(cfg, rundir).rank_command
     modules = [shown[i + 1] for i, word in enumerate(shown) if word == "-m"]
     assert modules == ["saul.resilience.rank_guard", "submitit.core._submit"]
     assert " ".join(f"-u -m {m}" for m in modules) in command
