@@ -131,6 +131,8 @@ class StageGoodput:
     notes: List[str] = field(default_factory=list)
     in_job_restarts: int = 0  # relaunches of the ranks inside the allocation (step_restart records)
     swaps: List[dict] = field(default_factory=list)  # node_swap (a spare came in) and shrink (fewer nodes) records
+    blamed: List[dict] = field(default_factory=list)  # node_blamed: repeated crashes of its ranks (saul.resilience.blame)
+    meter_restarts: int = 0  # the power meter relaunched on the ranks' new nodes after a swap or shrink
 
     # --- time ---------------------------------------------------------------------------------
     @property
@@ -312,6 +314,8 @@ def analyse(records: Sequence[dict], metrics: Sequence[dict], config: Optional[d
     result.log_every = _config_int(config, "train", "log_every")
     result.in_job_restarts = sum(1 for r in records if r.get("event") == "step_restart")
     result.swaps = [r for r in records if r.get("event") in ("node_swap", "shrink")]
+    result.blamed = [r for r in records if r.get("event") == "node_blamed"]
+    result.meter_restarts = sum(1 for r in records if r.get("event") == "meter_restart")
     starts: Dict[int, dict] = {}
     for r in records:
         if r.get("event") == "attempt_start" and isinstance(r.get("attempt"), int) and _number(r.get("time")):
@@ -545,15 +549,19 @@ def recovery_phase_line(s: StageGoodput) -> str:
 
 
 def allocation_line(s: StageGoodput) -> str:
-    """What was recovered without going back to Slurm: in-job restarts, and the node swaps and shrinks among them."""
+    """What was recovered without going back to Slurm: in-job restarts, the node swaps and shrinks among them, the
+    nodes blamed for repeated crashes (the reason for a swap Slurm did not ask for) and the meter's relaunches."""
     swaps = [r for r in s.swaps if r.get("event") == "node_swap"]
     shrinks = [r for r in s.swaps if r.get("event") == "shrink"]
     moves = "; ".join(f"{','.join(r.get('failed') or []) or '?'} -> "
                       f"{','.join(r.get('replacements') or []) or 'none'}"
                       + (f" (on {len(r.get('nodes_after') or [])} node(s))" if r.get("event") == "shrink" else "")
                       for r in s.swaps)
+    blamed = "; ".join(f"{r.get('node', '?')} blamed for {r.get('crashes', '?')} crashes" for r in s.blamed)
     return (f"inside the allocation: {s.in_job_restarts} in-job restart(s), {len(swaps)} node swap(s), "
-            f"{len(shrinks)} shrink(s)" + (f" ({moves})" if moves else ""))
+            f"{len(shrinks)} shrink(s)" + (f" ({moves})" if moves else "")
+            + (f"; {blamed}" if blamed else "")
+            + (f"; power meter relaunched {s.meter_restarts} time(s) on the new nodes" if s.meter_restarts else ""))
 
 
 def summary_lines(s: StageGoodput) -> List[str]:

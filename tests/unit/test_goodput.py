@@ -347,6 +347,12 @@ def test_a_node_swap_and_the_auto_interval_are_reported(tmp_path):
     assert goodput.allocation_line(shrunk) == ("inside the allocation: 1 in-job restart(s), 0 node swap(s), 1 shrink(s) "
                                                "(n2 -> none (on 1 node(s)))")
     assert s.auto_interval and s.every_steps == 42
+    blamed = goodput.analyse(records[:2] + [
+        {"event": "node_blamed", "node": "n2", "crashes": 2, "job_id": "7", "time": t + 20.4}] + records[2:4] + [
+        {"event": "meter_restart", "job_id": "7", "nodes": ["n1", "n3"], "time": t + 21.5}] + records[4:], metrics)
+    assert goodput.allocation_line(blamed) == (
+        "inside the allocation: 1 in-job restart(s), 1 node swap(s), 0 shrink(s) (n2 -> n3); n2 blamed for 2 crashes; "
+        "power meter relaunched 1 time(s) on the new nodes")
     assert "auto, newest choice every 42 steps" in goodput.young_line(s)
     fixed = goodput.analyse(records, metrics, {"checkpoint": {"every_steps": 8}})
     assert not fixed.auto_interval and fixed.every_steps == 8 and "configured every 8 steps" in goodput.young_line(fixed)
