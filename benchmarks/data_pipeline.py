@@ -20,29 +20,27 @@ PDF text: Poppler in-process next to the `pdftotext` tool (one process per file,
 ran it before) on the corpus's PDFs, CPU per file and whether the texts are identical.
 
 Measured on the project's 2-core machine, 2,000 documents, mistral-v1 tokenizer (other jobs
-running; CPU seconds, so the load moves these by ~5 %): all formats 0.31x (was 0.22x), dumps only
-0.42x (was 0.34x). Where the time went, all formats, per-document path 6.0 s -> 4.6 s CPU:
-  PDF        1.68 s -> 0.78 s: the tool cost 6.5 ms CPU per 6-page PDF, 3.1 ms of it process start
-             (`pdftotext -v` alone) and the fork from Python; in-process 2.7-3.1 ms, nearly all
-             Poppler's own work (perf: CID-font set-up per page, GfxCIDFont, and TextPage::addChar /
-             coalesce); the fonts are embedded, so no fontconfig look-ups.
-  HTML       0.52 s -> 0.35 s: trafilatura 1.85 -> 1.2 ms per page with `fast` (its main extractor
-             without the readability/jusText fallback; identical text on these pages); reusing one
-             Extractor, or favor_precision off, changed < 0.1 ms.
-  cleaning   1.20 s -> 0.70 s: the rules were regex scans that tried every character (broken lines,
-             page joins: now anchored on the line break; hyphenation, blank-line and space runs: only
-             when `in` finds their literal), the letter share (a Unicode regex substitution: now bytes
-             translate for ASCII, the regex on the few other characters), the repeated-10-gram cover
-             (a Python loop over every n-gram: now a C-level map and the runs); the 10-gram Counter
-             itself (~0.17 s) stays. Output identical on the corpus and 3,000 random artefact mixes.
-  the rest   tokenization ~1.2 s (the ceiling itself is 1.4 s), MinHash 0.47 s, perplexity 0.45 s,
-             decontamination 0.27 s, listing and bookkeeping 0.24 s: unchanged.
-Scaling: the all-formats corpus through `jobs/submit.py stage=prepare` on the local Slurm
-cluster (tests/slurm_cluster.py) with nodes=1 and nodes=2: wall time of rank 0's attempt and
-its speed-up (the fake nodes share this machine's cores, so on a busy machine it says little),
-the speed-up of the CPU critical path (the slowest rank's shards plus rank 0's merge: what the
-split gives when every rank has its own core), and whether both datasets have the same
-fingerprint.
+running; CPU seconds, so the load moves these by a few %): all formats 0.32-0.33x (was 0.22x), dumps
+only 0.41x (was 0.34x). Where the time went, all formats, per-document path 6.0 s -> 4.4-4.6 s CPU:
+  PDF        1.68 s -> 0.58 s (149 -> 425 PDFs/s): the tool cost 6.5-7 ms CPU per PDF (2.5 pages
+             on average), 3.1-3.3 ms of it starting the process (`pdftotext -v` alone) and the fork.
+             In-process through Poppler's C++ API, 2.8 ms at first: the API builds Poppler's global
+             parameters (a scan of poppler-data, ~50 file-system calls, seen with strace) for every
+             document when documents are read one at a time; one document kept open for the
+             process: 1.9-2.3 ms, all Poppler's own work (perf: its Flate decoder, CID-font set-up
+             per page, TextPage's addChar/coalesce). The fonts are embedded: no fontconfig look-ups.
+  HTML       0.52 s, unchanged: trafilatura is ~2 ms per page, a third of it in its XPath pruning;
+             `fast` (no readability/jusText fallback) is 1.6x faster and identical on these pages,
+             but lost text on 27 of 200 real documentation pages, so it stays off. (resiliparse
+             would be ~12x faster, but its text differs by more than 2x on a quarter of those pages.)
+  cleaning   1.20 s -> 0.55 s, the same output (checked on the corpus and on 3,000 random mixes of
+             artefacts): regexes that tried every character now start on their literal (broken
+             lines, page joins) or run only when `in` finds it (hyphenation, space and blank-line
+             runs); letter share by bytes.translate; the repeated-10-gram share computed only when
+             a cheap bound (words in runs of >= 10 recurring words, Counter + bytes) exceeds 80 %
+             (32 of 2,035 documents).
+  the rest   unchanged: tokenization ~1.2 s (the ceiling itself is 1.35-1.45 s), perplexity 0.45 s,
+             MinHash 0.40 s, decontamination 0.27 s, listing and bookkeeping 0.21 s.
 """
 from __future__ import annotations
 
@@ -187,9 +185,9 @@ def pdf_tool_vs_in_process(root: Path) -> None:
                            check=True).stdout.decode("utf-8") for p in pdfs]
     t_tool = cpu_seconds() - t0
     t0 = cpu_seconds()
-    for _ in range(3):  # the start of a process, alone
+    for _ in range(50):  # the start of a process, alone (children's CPU comes in 10 ms clock ticks)
         subprocess.run(["pdftotext", "-v"], capture_output=True)
-    t_start = (cpu_seconds() - t0) / 3
+    t_start = (cpu_seconds() - t0) / 50
     t0 = cpu_seconds()
     ours = [pdf_text.pdf_text(p) for p in pdfs]
     t_ours = cpu_seconds() - t0

@@ -84,11 +84,13 @@ def clean_text(text: str) -> Cleaned:
         # Line numbers first: a numbered blank line ("7") is not a page number.
         page_lines, n = _strip_line_numbers(page.split("\n"))
         hits["line_numbers"] += n
-        kept = [line for line in page_lines if not _PAGE_NUMBER.match(line) or not line.strip()]
-        hits["page_numbers"] += len(page_lines) - len(kept)
-        lines.extend(kept)
+        if any(map(_PAGE_NUMBER.match, page_lines)):  # map: the usual no-match scan at C speed
+            kept = [line for line in page_lines if not _PAGE_NUMBER.match(line) or not line.strip()]
+            hits["page_numbers"] += len(page_lines) - len(kept)
+            page_lines = kept
+        lines.extend(page_lines)
         lines.append("")  # a page break ends a paragraph only if the text says so (below)
-    out = "\n".join(line.rstrip() for line in lines)
+    out = "\n".join(map(str.rstrip, lines))
     out = _join_across_page_breaks(out)
     if "-\n" in out:
         out, n = _HYPHEN.subn(r"\1\2", out)
@@ -100,7 +102,7 @@ def clean_text(text: str) -> Cleaned:
     if "\t" in out or "  " in out:  # what _SPACES needs; `in` is a fast C search, the regex is not
         out, n = _SPACES.subn(" ", out)
         hits["whitespace"] += n
-    out = "\n".join(line.strip() for line in out.split("\n"))
+    out = "\n".join(map(str.strip, out.split("\n")))
     if "\n\n\n" in out:
         out, n = _BLANKS.subn("\n\n", out)
         hits["whitespace"] += n
@@ -141,25 +143,25 @@ def _drop_running_lines(pages: List[str]) -> Tuple[List[str], int]:
 
 def _strip_line_numbers(lines: List[str]) -> Tuple[List[str], int]:
     """Strip leading numbers from runs of >= 5 lines numbered n, n+1, n+2, ..."""
-    numbers: List[Optional[int]] = []
-    for line in lines:
-        m = _LINE_NUMBER.match(line)
-        numbers.append(int(m.group(1)) if m else None)
-    strip = [False] * len(lines)
-    i = 0
-    while i < len(lines):
-        if numbers[i] is None:
-            i += 1
+    matches = list(map(_LINE_NUMBER.match, lines))
+    numbered = [i for i, m in enumerate(matches) if m is not None]  # few: the loop below is over these
+    if len(numbered) < _MIN_LINE_RUN:
+        return lines, 0
+    strip: set = set()
+    run = [numbered[0]]
+    for i in numbered[1:]:
+        if i == run[-1] + 1 and int(matches[i].group(1)) == int(matches[run[-1]].group(1)) + 1:
+            run.append(i)
             continue
-        j = i
-        while j + 1 < len(lines) and numbers[j + 1] is not None and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        if j - i + 1 >= _MIN_LINE_RUN:
-            for k in range(i, j + 1):
-                strip[k] = True
-        i = j + 1
-    out = [_LINE_NUMBER.sub("", line, count=1) if s else line for line, s in zip(lines, strip)]
-    return out, sum(strip)
+        if len(run) >= _MIN_LINE_RUN:
+            strip.update(run)
+        run = [i]
+    if len(run) >= _MIN_LINE_RUN:
+        strip.update(run)
+    if not strip:
+        return lines, 0
+    out = [_LINE_NUMBER.sub("", line, count=1) if k in strip else line for k, line in enumerate(lines)]
+    return out, len(strip)
 
 
 def _join_across_page_breaks(text: str) -> str:

@@ -3,10 +3,16 @@
 Poppler's C++ API (libpoppler-cpp) through PyPI's `pdftotext` binding (maintained, one small C++
 file built against Debian's libpoppler-cpp-dev). `page.text()` in the default (non-raw,
 non-physical) layout runs the same TextOutputDev as the `pdftotext` tool with its default
-options, form feed after every page included: on our generated PDFs the text is byte for byte the
-tool's (tests/unit/test_data_extract_pdf.py checks it). Why not the tool: one `pdftotext` process
-per file cost ~6.5 ms of CPU on a 6-page PDF, about half of it process start (dynamic linking,
-Poppler's global parameters); in-process the same PDF costs ~2.7 ms.
+options, form feed after every page included: the text is byte for byte the tool's on our
+generated PDFs, matplotlib's and two real manuals (Debian's libtasn1 and shared-mime-info PDFs;
+tests/unit/test_data_extract_pdf.py checks the first two). Why not the tool: one `pdftotext` process
+per file cost ~6.5 ms of CPU on our PDFs (2.5 pages on average), about half of it process start
+(dynamic linking, Poppler's global parameters); in-process the same PDF costs ~1.9 ms.
+
+Poppler's C++ API builds its GlobalParams (a scan of poppler-data: name-to-Unicode tables, CMap
+and unicodeMap directories, ~50 file-system calls) when a first document opens and frees them when
+the last one closes, i.e. for every file when files are read one at a time: 0.9 ms of the 2.8 ms.
+One empty in-memory document (`_KEEPER`) stays open for the life of the process instead.
 
 Outcomes, as the tool gives them: a document Poppler cannot open (corrupt, truncated, not a PDF)
 or one encrypted with a user password is `PdfUnreadable` with the reason; an owner-password-only
@@ -30,12 +36,21 @@ class PdfUnreadable(Exception):
     """This file has no text to give: the message says why (a counted skip, never a stop)."""
 
 
+# The smallest PDF Poppler opens (it rebuilds the missing cross-reference table): one empty page.
+_EMPTY_PDF = (b"%PDF-1.1\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>"
+              b"endobj\n3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 10 10]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+_KEEPER = None  # an open document: Poppler's global parameters live as long as one does
+
+
 def _binding():
+    global _KEEPER
     try:
         import pdftotext
     except ImportError as exc:
         raise DatasetError(f"PDF sources need Poppler's pdftotext Python binding, which does not import "
                            f"({exc}): {INSTALL_HINT}") from None
+    if _KEEPER is None:
+        _KEEPER = pdftotext.PDF(_Bytes(_EMPTY_PDF))
     return pdftotext
 
 
