@@ -2,6 +2,7 @@
 toolkit recover on its own, then check the stage completed with the clean run's weights, the data
 order had no gap or repeat, the ledger names the fault, and a failed node is excluded."""
 import os
+from pathlib import Path
 import signal
 import subprocess
 import time
@@ -55,14 +56,27 @@ def wait_until_done(stage, timeout=300):
     raise AssertionError(f"stage did not finish in {timeout}s; ledger: {ledger(stage)}")
 
 
+def wait_for_checkpoint(stage, step, timeout=120):
+    """Until checkpoint `step` is committed (saves are asynchronous: a step past it does not mean it is on disk)."""
+    deadline = time.time() + timeout
+    while not (stage / "checkpoints" / f"step-{step:08d}").is_dir():
+        assert time.time() < deadline, f"checkpoint {step} not committed in {timeout}s"
+        time.sleep(0.1)
+
+
 def rank_process(stage, rank, timeout=60):
+    """The rank's Python process itself: not the bash wrapper before its exec, not a child the rank forked
+    (both carry the same command line)."""
     folder = str(stage / "logs" / "slurm")
     deadline = time.time() + timeout
     while time.time() < deadline:
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info["cmdline"] or []
-            if "submitit.core._submit" in cmd and folder in cmd:
+            if "submitit.core._submit" in cmd and folder in cmd and "python" in Path(cmd[0]).name:
                 try:
+                    parent = proc.parent()
+                    if parent is not None and "submitit.core._submit" in (parent.cmdline() or []):
+                        continue  # forked by the rank
                     if proc.environ().get("SLURM_PROCID") == str(rank):
                         return proc
                 except psutil.NoSuchProcess:
@@ -100,9 +114,13 @@ def test_stop_signal_ahead_of_the_time_limit_checkpoints_requeues_and_resumes(sl
 
 def runs_of_job(cluster, job):
     """The job's allocation rows in sacct, one per run (a requeue adds one)."""
-    rows = cluster.wait_for_sacct(job, lambda rs: rs and rs[-1]["State"] not in ("RUNNING", "PENDING", "REQUEUED"),
-                                  fields=("JobID", "State"), duplicates=True)
-    return [r for r in rows if "." not in r["JobID"]]
+    def allocation(rows):
+        return [r for r in rows if "." not in r["JobID"]]
+
+    # The allocation's own rows decide: a step's row can end while the allocation still runs.
+    rows = cluster.wait_for_sacct(job, lambda rs: allocation(rs) and allocation(rs)[-1]["State"] not in
+                                  ("RUNNING", "PENDING", "REQUEUED", "RESIZING"), fields=("JobID", "State"), duplicates=True)
+    return allocation(rows)
 
 
 def test_a_killed_rank_is_relaunched_inside_the_allocation(slurm_cluster, packed_data, tmp_path, clean_run):
@@ -110,6 +128,7 @@ def test_a_killed_rank_is_relaunched_inside_the_allocation(slurm_cluster, packed
     job = submit(slurm_cluster, *args(runs, packed_data, "kill"))
     stage = runs / "kill" / "cpt"
     e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
+    wait_for_checkpoint(stage, 8)
     victim = rank_process(stage, 1)
     os.kill(victim.pid, signal.SIGKILL)
     ends = wait_until_done(stage)
@@ -248,8 +267,8 @@ def assert_metered_after_the_swap(stage, job, swap):
 
 
 def guarded_rank(stage, rank, timeout=60):
-    """(pid, node) of `rank` as its witness names it (saul.resilience.rank_guard --witness PID FILE): the rank
-    process itself, never a worker it forked; once the witness runs, its SIGTERM handler is in place soon after."""
+    """(pid, node, witness pid) of `rank` as its witness names it (saul.resilience.rank_guard --witness PID FILE):
+    the rank process itself, never a worker it forked."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for proc in psutil.process_iter(["cmdline"]):
@@ -260,9 +279,21 @@ def guarded_rank(stage, rank, timeout=60):
                 except psutil.NoSuchProcess:
                     continue
                 if env.get("SLURM_PROCID") == str(rank) and psutil.pid_exists(int(cmd[cmd.index("--witness") + 1])):
-                    return int(cmd[cmd.index("--witness") + 1]), env["SLURMD_NODENAME"]
+                    return int(cmd[cmd.index("--witness") + 1]), env["SLURMD_NODENAME"], proc.pid
         time.sleep(0.2)
     raise AssertionError(f"no witness for rank {rank}")
+
+
+def catches_sigterm(pid, timeout=30):
+    """Until process `pid` has its SIGTERM handler installed (SigCgt in /proc: the witness is ready to time a death)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} never caught SIGTERM")
 
 
 def test_a_node_whose_rank_keeps_crashing_is_blamed_and_swapped_for_the_spare(slurm_cluster, packed_data, tmp_path,
@@ -278,12 +309,16 @@ def test_a_node_whose_rank_keeps_crashing_is_blamed_and_swapped_for_the_spare(sl
     victim = guarded_rank(stage, 1)[1]
     killed = set()
     while len(killed) < 2:  # every launch: the rank on the bad node dies
-        pid, node = guarded_rank(stage, 1)
+        pid, node, witness = guarded_rank(stage, 1)
         if pid in killed or node != victim:
             time.sleep(0.2)
             continue
-        time.sleep(1.0)  # the witness has its SIGTERM handler
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGSTOP)  # frozen where it is: a quick relaunch cannot finish the run meanwhile
+            catches_sigterm(witness)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):  # that launch ended meanwhile: find the next one's rank
+            continue
         killed.add(pid)
     ends = wait_until_done(stage, timeout=400)
     assert [e["class"] for e in ends] == ["done"]  # no requeue
@@ -311,9 +346,11 @@ def test_every_rank_crashing_at_once_blames_nobody(slurm_cluster, packed_data, t
     job = submit(slurm_cluster, *args(runs, packed_data, "all", "resilience.blame_after=1"))
     stage = runs / "all" / "cpt"
     e2e.wait_for_step(stage / "metrics.jsonl", 10, _Alive())
-    pids = [guarded_rank(stage, 0)[0], guarded_rank(stage, 1)[0]]
-    time.sleep(1.0)
-    for pid in pids:
+    found = [guarded_rank(stage, 0), guarded_rank(stage, 1)]
+    for pid, _, witness in found:
+        os.kill(pid, signal.SIGSTOP)
+        catches_sigterm(witness)
+    for pid, _, _ in found:
         os.kill(pid, signal.SIGKILL)
     ends = wait_until_done(stage)
     assert [e["class"] for e in ends] == ["done"]
