@@ -45,7 +45,7 @@ demo: $(STAMP)/python $(STAMP)/kenlm
 	$(PY) -c "from saul.eval import fixtures as f; f.write_mmlu('$(DEMO_RAW)/mmlu'); f.write_legalbench_task('$(DEMO_RAW)/tasks')"
 	$(PY) jobs/submit.py stage=pipeline model=tiny-mixtral run=$(DEMO_RUN) runs_root=$(RUNS) nproc=2 'pipeline.stages=[prepare,cpt,ift,dpo,eval]' \
 	  'pipeline.prepare.data.sources=[{path:$(DEMO_RAW)/legal},{path:$(DEMO_RAW)/replay,role:replay,weight:0.02},{path:$(DEMO_RAW)/math,role:math,weight:0.05}]' \
-	  pipeline.prepare.data.kenlm_model=$(DEMO_RAW)/legal.arpa $(if $(wildcard $(LEGALBENCH)),pipeline.prepare.data.decontaminate=[$(LEGALBENCH)]) \
+	  pipeline.prepare.data.piece_mb=0.05 pipeline.prepare.data.kenlm_model=$(DEMO_RAW)/legal.arpa $(if $(wildcard $(LEGALBENCH)),pipeline.prepare.data.decontaminate=[$(LEGALBENCH)]) \
 	  pipeline.cpt.optim.lr=1e-3 pipeline.cpt.optim.warmup_steps=5 \
 	  'pipeline.eval.eval.tasks=[$(DEMO_TASKS)]' pipeline.eval.eval.mmlu_dir=$(DEMO_RAW)/mmlu
 

@@ -68,7 +68,8 @@ from saul.data.tokenizer import backend_tokenizer  # noqa: E402
 
 LEGALBENCH = REPO.parent / "shared" / "data" / "legalbench"
 PER_DOC_STEPS = ("extraction", "cleaning", "perplexity", "decontamination", "minhash_signatures", "merge_read",
-                 "exact_dedup", "near_dedup", "tokenization", "mixture", "packing")
+                 "exact_dedup", "near_dedup_buckets", "near_dedup", "tokenization", "funnel_tokens", "mixture",
+                 "packing")
 FIXED_STEPS = ("filter_setup", "tokenizer_setup", "audit")
 TARGET_RATIO = 0.3
 
@@ -225,6 +226,8 @@ def slurm_scaling(root: Path, tokenizer: str, work: Path) -> None:
         for nodes in (1, 2):
             run = f"n{nodes}"
             proc = subprocess.run([sys.executable, str(REPO / "jobs/submit.py"), *overrides(root, "legal", tokenizer),
+                                   # pieces of ~1 MiB: the default 64 MiB would make this corpus one piece
+                                   "data.piece_mb=1",
                                    "site=local-slurm", f"nodes={nodes}", "follow=true", f"runs_root={work}",
                                    f"run={run}"], env=env, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
@@ -245,7 +248,7 @@ def slurm_scaling(root: Path, tokenizer: str, work: Path) -> None:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):")
     print(f"  wall time of rank 0's attempt: nodes=1 {t1:6.1f} s, nodes=2 {t2:6.1f} s, speed-up {t1 / t2:.2f}x "
           f"(the fake nodes share this machine's cores)")
-    print(f"  CPU critical path (slowest rank's shards + rank 0's merge): nodes=1 {c1:6.1f} s, nodes=2 {c2:6.1f} s, "
+    print(f"  CPU critical path (slowest rank's pieces + rank 0's merge): nodes=1 {c1:6.1f} s, nodes=2 {c2:6.1f} s, "
           f"speed-up {c1 / c2:.2f}x with a core per rank; shard CPU s by rank: {r2}")
     print(f"  same fingerprint: {f1 == f2} ({f1[:16]})")
 

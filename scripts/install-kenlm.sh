@@ -3,7 +3,6 @@
 #   - the `kenlm` Python query module (PyPI sdist, compiles in ~65 s)
 #   - `lmplz` and `build_binary`, KenLM's own model builder, compiled from the same sdist (which
 #     carries lm/builder) with cmake and Debian's boost; PyPI's package does not install them.
-#   - poppler-utils (pdftotext), which the PDF extraction step runs.
 # Result: lmplz and build_binary in $KENLM_BIN (default /usr/local/bin). Idempotent.
 set -euo pipefail
 KENLM_VERSION=0.3.0
@@ -11,7 +10,6 @@ KENLM_BIN=${KENLM_BIN:-/usr/local/bin}
 PY=${PY:-python3}
 
 need_apt=()
-command -v pdftotext >/dev/null || need_apt+=(poppler-utils)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v g++ >/dev/null || need_apt+=(g++)
 for pkg in libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \

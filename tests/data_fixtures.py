@@ -14,8 +14,6 @@ def raw_corpus(tmp_path_factory):
     """(root, planted) of saul.data.raw_corpus, with legal.arpa built by lmplz."""
     from saul.data.raw_corpus import write_raw_corpus
 
-    if shutil.which("pdftotext") is None:
-        pytest.skip("pdftotext missing: run scripts/install-kenlm.sh (installs poppler-utils)")
     root = tmp_path_factory.mktemp("raw")
     planted = write_raw_corpus(root, seed=0, num_docs=48, legalbench=LEGALBENCH if LEGALBENCH.is_dir() else None)
     if shutil.which("lmplz"):
