@@ -7,8 +7,9 @@ planted duplicates, junk and LegalBench quotes; replay JSONL; math Parquet), run
 formats, and the dumps only (JSONL/Parquet: where most tokens of a legal corpus come from).
 Per core = CPU seconds of this one rank plus its finished children, with tokenizers on one
 thread (RAYON_NUM_THREADS=1): a busy machine stretches wall time, not these figures. (PDFs are
-extracted in-process since saul.data.pdf_text; the tool comparison below runs the `pdftotext`
-tool as children, counted the same way.)
+extracted by Poppler's C++ API in the rank's one extraction worker, saul.data.pdf_worker, whose
+CPU cpu_seconds() counts; the tool comparison below runs the `pdftotext` tool as children,
+counted the same way.)
 Fixed costs (paid once per prepare, whatever the corpus size: imports and first use, the
 tokenizer's set-up, the audit report and plot) are printed apart: the first from a warm-up
 prepare on a 32-document corpus, the other two from the manifest. The per-step figures come
@@ -16,8 +17,10 @@ from the manifest's `cpu_seconds`; the ceiling is HF tokenizers' `encode_batch` 
 cleaned documents with the dataset's own tokenizer, timed in the same process.
 Targets (issue 9): the per-document pipeline >= 0.3x the tokenizer's tokens/s per core; MinHash
 signatures >= 300 documents/s per core with 256 permutations on 600-word documents.
-PDF text: Poppler in-process next to the `pdftotext` tool (one process per file, as the pipeline
-ran it before) on the corpus's PDFs, CPU per file and whether the texts are identical.
+PDF text: Poppler in-process, Poppler in the extraction worker (the path over a pipe, the text
+back: the pipeline's way since the worker isolates Poppler's crashes and hangs) and the
+`pdftotext` tool (one process per file, as the pipeline ran it first) on the corpus's PDFs, CPU
+per file, the worker's round trip in CPU and wall time, and whether the texts are identical.
 
 Measured on the project's 2-core machine, 2,000 documents, mistral-v1 tokenizer (other jobs
 running; CPU seconds, so the load moves these by a few %): all formats 0.32-0.33x (was 0.22x), dumps
@@ -29,6 +32,12 @@ only 0.41x (was 0.34x). Where the time went, all formats, per-document path 6.0 
              document when documents are read one at a time; one document kept open for the
              process: 1.9-2.3 ms, all Poppler's own work (perf: its Flate decoder, CID-font set-up
              per page, TextPage's addChar/coalesce). The fonts are embedded: no fontconfig look-ups.
+             Since Poppler runs in the rank's extraction worker (a per-file timeout, a crash costs
+             one skip): 0.57-0.59 s, 2.2-2.3 ms per PDF, side by side with in-process Poppler
+             -0.08 to +0.04 ms CPU and -0.04 to +0.07 ms wall per PDF (noise); the round trip alone
+             (no Poppler work) 0.08 ms CPU for both processes, 0.10 ms wall; the worker's start,
+             ~35 ms CPU once per rank, is a fixed cost (filter_setup). All formats after it:
+             0.31-0.32x over three runs (dumps only, no PDF: 0.39-0.44x, the runs' noise).
   HTML       0.52 s, unchanged: trafilatura is ~2 ms per page, a third of it in its XPath pruning;
              `fast` (no readability/jusText fallback) is 1.6x faster and identical on these pages,
              but lost text on 27 of 200 real documentation pages, so it stays off. (resiliparse
@@ -52,6 +61,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -60,7 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from saul.config.compose import compose  # noqa: E402
-from saul.data import clean, dedup, pdf_text  # noqa: E402
+from saul.data import clean, dedup, pdf_text, pdf_worker  # noqa: E402
 from saul.data.extract import extract, files_for, resolve_sources  # noqa: E402
 from saul.data.pipeline import cpu_seconds, run_prepare  # noqa: E402
 from saul.data.raw_corpus import write_raw_corpus  # noqa: E402
@@ -189,14 +199,35 @@ def pdf_tool_vs_in_process(root: Path) -> None:
     for _ in range(50):  # the start of a process, alone (children's CPU comes in 10 ms clock ticks)
         subprocess.run(["pdftotext", "-v"], capture_output=True)
     t_start = (cpu_seconds() - t0) / 50
-    t0 = cpu_seconds()
     ours = [pdf_text.pdf_text(p) for p in pdfs]
-    t_ours = cpu_seconds() - t0
+    pdf_worker.start()
+    pdf_worker.text(pdfs[0])  # both warm: Poppler's global parameters built, the worker running
+    # Side by side, alternating, 3 rounds: Poppler in this process vs in the rank's extraction worker
+    # (the pipeline's way: the path over a pipe, the text back; cpu_seconds() counts the worker).
+    cpu = {"in-process": 0.0, "worker": 0.0}
+    wall = dict(cpu)
+    for _ in range(3):
+        for how, read in (("in-process", pdf_text.pdf_text), ("worker", pdf_worker.text)):
+            t0, w0 = cpu_seconds(), time.perf_counter()
+            texts = [read(p) for p in pdfs]
+            cpu[how] += cpu_seconds() - t0
+            wall[how] += time.perf_counter() - w0
+            assert texts == ours, how
+    t0, w0 = cpu_seconds(), time.perf_counter()
+    for _ in range(1000):  # the round trip alone: a path the worker cannot open, no Poppler work
+        try:
+            pdf_worker.text(root / "no-such.pdf")
+        except OSError:
+            pass
+    t_trip, w_trip = (cpu_seconds() - t0) / 1000, (time.perf_counter() - w0) / 1000
+    pdf_worker.stop()
     same = sum(a == b for a, b in zip(tool, ours))
-    n = len(pdfs)
+    n, t_ours, t_worker = len(pdfs), cpu["in-process"] / 3, cpu["worker"] / 3
     print(f"\nPDF text, {n} PDFs: pdftotext tool {1000 * t_tool / n:.2f} ms CPU per file (starting the process alone: "
-          f"{1000 * t_start:.2f} ms), Poppler in-process {1000 * t_ours / n:.2f} ms ({t_tool / t_ours:.1f}x); "
-          f"identical text on {same}/{n}")
+          f"{1000 * t_start:.2f} ms), Poppler in-process {1000 * t_ours / n:.2f} ms ({t_tool / t_ours:.1f}x), "
+          f"in the extraction worker {1000 * t_worker / n:.2f} ms (round trip {1000 * (t_worker - t_ours) / n:+.2f} ms "
+          f"CPU, {1000 * (wall['worker'] - wall['in-process']) / 3 / n:+.2f} ms wall; alone, with no Poppler work: "
+          f"{1000 * t_trip:.3f} ms CPU, {1000 * w_trip:.3f} ms wall); identical text on {same}/{n}")
 
 
 def minhash_rate() -> float:

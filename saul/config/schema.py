@@ -98,6 +98,7 @@ class DataConfig:
     minhash_bands: int = 42  # 42 bands x 6 rows = 252 of 256 permutations: threshold ~0.5
     minhash_rows: int = 6
     piece_mb: float = 64.0  # the unit of work and of resume: ~this much input (saul/data/pieces.py says why 64)
+    pdf_timeout_s: float = 120.0  # a PDF whose extraction takes longer is a counted skip (saul/data/pdf_worker.py)
 
 
 @dataclass

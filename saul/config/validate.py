@@ -130,6 +130,9 @@ def _validate_prepare(cfg) -> None:
     if not d.piece_mb > 0:  # the pipeline's unit of work; tiny values make one directory per record
         raise ConfigError(f"data.piece_mb={d.piece_mb} is out of range: it must be > 0 (MiB of input per "
                           f"piece of work; default 64)")
+    if not d.pdf_timeout_s > 0:  # 0 would skip every PDF as a timeout
+        raise ConfigError(f"data.pdf_timeout_s={d.pdf_timeout_s} is out of range: it must be > 0 (seconds one "
+                          f"PDF may take before it is skipped; default 120)")
     _positive(cfg, "data.num_documents")  # the synthetic source's size: 0 documents would pack nothing
     if d.minhash_ngram <= 0 or d.minhash_bands <= 0 or d.minhash_rows <= 0 or d.minhash_bands * d.minhash_rows > 256:
         raise ConfigError(f"data.minhash_bands x data.minhash_rows = {d.minhash_bands} x {d.minhash_rows} must be "

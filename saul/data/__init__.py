@@ -3,7 +3,8 @@
 The real prepare pipeline (stage=prepare with data.sources), in its order:
     pipeline.py        the stage: pieces per rank, then the cross-piece steps and the merge on rank 0
     pieces.py          the unit of work and of resume: ~data.piece_mb of input (files grouped, dumps cut)
-    extract.py         step 1: find a source's files, turn each into documents (pdf_text.py for PDFs)
+    extract.py         step 1: find a source's files, turn each into documents (pdf_text.py for PDFs,
+                       run in the rank's extraction worker, pdf_worker.py: per-file timeout, crash isolation)
     clean.py           step 2: NFKC, page/line numbers, headers, hyphenation, repetition rules
     perplexity.py      step 3: the KenLM filter and building its model with lmplz
     dedup.py           step 4: exact and MinHash-LSH near-duplicates (buckets.py: bands spread over ranks)

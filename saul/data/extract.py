@@ -3,10 +3,11 @@
 A source is `{path, role, weight, format, text_field, name}` (schema.SourceConfig). `path` is a
 directory (walked recursively, hidden files skipped) or a glob; the format comes from the file
 extension when `format: auto`. Per format:
-    pdf      Poppler's pdftotext text (TextOutputDev), in-process through its C++ API
-             (saul.data.pdf_text: no process per file); pages kept apart by form feeds, which
-             the cleaner uses to find running headers and page numbers; an encrypted or
-             corrupt PDF is a skip
+    pdf      Poppler's pdftotext text (TextOutputDev) through its C++ API (saul.data.pdf_text),
+             in the rank's one long-lived extraction worker (saul.data.pdf_worker: no process
+             per file, each file at most data.pdf_timeout_s); pages kept apart by form feeds,
+             which the cleaner uses to find running headers and page numbers; an encrypted or
+             corrupt PDF, or one that crashes or hangs Poppler, is a skip
     html     trafilatura's main-content extraction (drops navigation, footers, cookie banners;
              well kept, pure Python on lxml, and the extractor most web-corpus pipelines compare
              against), with its readability/jusText fallback (`fast` would save a third of the
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator, List, Optional, Sequence, Tuple
 
-from saul.data import pdf_text
+from saul.data import pdf_text, pdf_worker
 from saul.data.dataset import DatasetError
 
 FORMATS = ("auto", "pdf", "txt", "html", "jsonl", "parquet", "synthetic")
@@ -181,8 +182,22 @@ def require_pdftotext() -> None:
     pdf_text.require()
 
 
+def start_pdf_worker() -> None:
+    """Start this rank's PDF extraction worker now (DatasetError when it cannot start)."""
+    try:
+        pdf_worker.start()
+    except pdf_worker.WorkerUnusable as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def stop_pdf_worker() -> None:
+    """End this rank's PDF extraction worker (the next PDF would start a new one)."""
+    pdf_worker.stop()
+
+
 def extract(file: InputFile, text_field: str = "text", num_synthetic: int = 0,
-            seed: int = 0, part: Optional[Tuple[int, Optional[int]]] = None) -> Generator[Extracted, None, int]:
+            seed: int = 0, part: Optional[Tuple[int, Optional[int]]] = None,
+            pdf_timeout_s: float = pdf_worker.DEFAULT_TIMEOUT_S) -> Generator[Extracted, None, int]:
     """The documents of one file, or of one part of a JSONL/Parquet file; failures come back as
     skips, never as exceptions. Returns the part's record count (0 for other formats)."""
     fmt = file.format
@@ -200,7 +215,7 @@ def extract(file: InputFile, text_field: str = "text", num_synthetic: int = 0,
         return
     try:
         if fmt == "pdf":
-            yield _one(file.rel, _pdf_text(file.path))
+            yield _one(file.rel, _pdf_text(file.path, pdf_timeout_s))
         elif fmt == "html":
             yield _one(file.rel, _html_text(file.path.read_bytes()))
         elif fmt == "txt":
@@ -240,11 +255,13 @@ def _decode(data: bytes) -> str:
                           f"convert it, e.g. iconv -f latin1 -t utf-8") from None
 
 
-def _pdf_text(path: Path) -> str:
+def _pdf_text(path: Path, timeout_s: float) -> str:
     try:
-        return pdf_text.pdf_text(path)
-    except pdf_text.PdfUnreadable as exc:
+        return pdf_worker.text(path, timeout_s)
+    except (pdf_text.PdfUnreadable, pdf_worker.WorkerFailed) as exc:  # a crash or a hang is this file's too
         raise _Unreadable(f"pdftotext: {exc}") from None
+    except pdf_worker.WorkerUnusable as exc:  # not the file: no PDF of this rank could be read
+        raise DatasetError(str(exc)) from None
 
 
 def _html_text(data: bytes) -> Optional[str]:

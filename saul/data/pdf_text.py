@@ -17,16 +17,15 @@ One empty in-memory document (`_KEEPER`) stays open for the life of the process 
 Outcomes, as the tool gives them: a document Poppler cannot open (corrupt, truncated, not a PDF)
 or one encrypted with a user password is `PdfUnreadable` with the reason; an owner-password-only
 PDF (copy restrictions) is extracted, as Debian's pdftotext does (built without
-ENFORCE_PERMISSIONS). Trade-off against a child process: no per-file timeout and no isolation
-from a crash inside Poppler (Poppler is fuzzed continuously; a rank that dies is requeued).
-There is ONE PDF extractor: when the binding is missing, `require()` says how to install it;
-nothing falls back to the tool. Torch-free.
+ENFORCE_PERMISSIONS). This module runs Poppler in the process that calls it: the pipeline calls it
+inside its extraction worker (saul.data.pdf_worker), which gives each file a timeout and keeps a
+Poppler crash out of the rank. There is ONE PDF extractor: when the binding is missing,
+`require()` says how to install it; nothing falls back to the tool. Torch-free, numpy-free (the
+worker imports only this).
 """
 from __future__ import annotations
 
 from pathlib import Path
-
-from saul.data.dataset import DatasetError
 
 INSTALL_HINT = ("Debian/Ubuntu: apt-get install libpoppler-cpp-dev g++ && pip install pdftotext "
                 "(scripts/install-pdf-deps.sh does both; it is in the project's images)")
@@ -43,15 +42,22 @@ _KEEPER = None  # an open document: Poppler's global parameters live as long as 
 
 
 def _binding():
-    global _KEEPER
     try:
         import pdftotext
     except ImportError as exc:
+        from saul.data.dataset import DatasetError
+
         raise DatasetError(f"PDF sources need Poppler's pdftotext Python binding, which does not import "
                            f"({exc}): {INSTALL_HINT}") from None
-    if _KEEPER is None:
-        _KEEPER = pdftotext.PDF(_Bytes(_EMPTY_PDF))
     return pdftotext
+
+
+def _poppler():
+    global _KEEPER
+    binding = _binding()
+    if _KEEPER is None:
+        _KEEPER = binding.PDF(_Bytes(_EMPTY_PDF))
+    return binding
 
 
 def require() -> None:
@@ -61,7 +67,7 @@ def require() -> None:
 
 def pdf_text(path: Path) -> str:
     """The PDF's text, pages ending in form feeds (the cleaner finds running headers by page)."""
-    binding = _binding()
+    binding = _poppler()
     data = Path(path).read_bytes()
     try:
         pages = binding.PDF(_Bytes(data))

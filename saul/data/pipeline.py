@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from saul.data import audit, clean, dedup, extract, mixture, model_tokenizer
+from saul.data import audit, clean, dedup, extract, mixture, model_tokenizer, pdf_worker
 from saul.data.atomic import write_bytes_atomic, write_json_atomic
 from saul.data.buckets import Survivors, band_file, bands_of_rank, run_bands
 from saul.data.dataset import DatasetError
@@ -51,9 +51,10 @@ _PHASE1_STEPS = ("extraction", "cleaning", "perplexity", "decontamination")
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (pdftotext): what a step costs a core."""
+    """CPU time of this process, its finished children and its live PDF worker (Poppler's work, as
+    it last reported it): what a step costs a core."""
     t = os.times()
-    return time.process_time() + t.children_user + t.children_system
+    return time.process_time() + t.children_user + t.children_system + pdf_worker.live_cpu_seconds()
 
 
 class StepClock:
@@ -149,8 +150,11 @@ class _PieceRunner:
         # Plain values: an OmegaConf attribute read costs ~0.1 ms, several per document.
         self.min_words, self.max_perplexity = int(cfg_data.min_words), float(cfg_data.max_perplexity)
         self.num_documents = int(cfg_data.num_documents)
+        self.pdf_timeout_s = float(cfg_data.pdf_timeout_s)
         self.clock = StepClock()
         with self.clock("filter_setup"):  # once per rank: load the KenLM model, index the eval data
+            if any(f.format == "pdf" for f in files):  # a fixed cost, not the first PDF's
+                extract.start_pdf_worker()
             self.scorer = PerplexityScorer(cfg_data.kenlm_model) if cfg_data.kenlm_model else None
             self.index = ContaminationIndex.from_paths(list(cfg_data.decontaminate))
             self.signer = dedup.Signer(cfg_data.minhash_ngram)
@@ -167,7 +171,8 @@ class _PieceRunner:
             f = self.files[part.file]
             src = self.sources[f.source]
             reader = extract.extract(f, src.text_field, self.num_documents, self.seed,
-                                     None if part.start == 0 and part.end is None else (part.start, part.end))
+                                     None if part.start == 0 and part.end is None else (part.start, part.end),
+                                     self.pdf_timeout_s)
             seq = 0
             while True:
                 try:
@@ -329,6 +334,7 @@ def run_prepare(cfg, out_dir: os.PathLike, rank: int = 0, world: int = 1,
             return Outcome("stopped", None, ran, len(pieces))
         ran += 1
         say(f"prepare: piece {p + 1}/{len(pieces)} done ({len(pieces[p].parts)} parts)")
+    extract.stop_pdf_worker()  # this rank's last PDF is behind it (it also ends at exit, or with the rank)
     wait = _wait_for(lambda: all((piece_dir(work, p) / DONE_MARKER).is_file() for p in range(len(pieces))),
                      "pieces", out, inputs, should_stop, beat, len(pieces), wait_timeout_s)
     if wait != "ready":
