@@ -31,6 +31,7 @@ from typing import IO, Optional, Sequence
 from monitoring.sampler import CheckConfig, NodeSampler
 from monitoring.sources.detect import SourceOptions, detect_sources, parse_source_names
 from monitoring.sources import pm_counters, rapl
+from saul.process_alive import process_alive
 
 SCHEMA_VERSION = 1
 EXIT_BAD_INPUT = 2  # same meaning as saul.exit_codes.CONFIG_ERROR
@@ -118,7 +119,7 @@ def _validate(args) -> tuple:
     for flag, value in (("--pm-counters-root", args.pm_counters_root), ("--rapl-root", args.rapl_root)):
         if value is not None and not Path(value).is_dir():
             raise BadInput(f"{flag} {value}: no such directory")
-    if args.watch_pid is not None and not _alive(args.watch_pid):
+    if args.watch_pid is not None and not process_alive(args.watch_pid):
         raise BadInput(f"--watch-pid {args.watch_pid}: no such process")
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -208,22 +209,8 @@ class _StopRequest:
     def poll(self, stop_file: Optional[Path], watch_pid: Optional[int]) -> None:
         if stop_file is not None and stop_file.exists():
             self.set(f"stop file {stop_file}")
-        elif watch_pid is not None and not _alive(watch_pid):
+        elif watch_pid is not None and not process_alive(watch_pid):
             self.set(f"watched process {watch_pid} gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes (its parent has not reaped it yet)
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _lock_path(out: Path, node: str, job) -> Path:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from saul.process_alive import process_alive
 from saul.resilience import ledger
 
 RANKS_DIR = "ranks"  # in the stage directory
@@ -79,7 +80,7 @@ def wait_for_exit(pid: int) -> None:
     try:
         fd = os.pidfd_open(pid)
     except (AttributeError, OSError):  # Python < 3.9 or kernel < 5.3: poll
-        while _alive(pid):
+        while process_alive(pid):
             time.sleep(0.02)
         return
     try:
@@ -91,20 +92,6 @@ def wait_for_exit(pid: int) -> None:
                 continue
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has ended
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def witness(pid: int, path: Path) -> int:
