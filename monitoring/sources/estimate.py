@@ -43,6 +43,7 @@ class EstimateSource(EnergySource):
     def open(self) -> None:
         try:
             import psutil  # noqa: PLC0415
+            from codecarbon.core import util as codecarbon_util  # noqa: PLC0415
             from codecarbon.core.cpu import TDP  # noqa: PLC0415
             from codecarbon.external.hardware import CPU, MODE_CPU_LOAD, POWER_CONSTANT  # noqa: PLC0415
             from codecarbon.external.ram import RAM  # noqa: PLC0415
@@ -50,6 +51,9 @@ class EstimateSource(EnergySource):
             raise SourceUnavailable(f"ImportError: {exc}") from None
         # codecarbon warns loudly about unknown CPU models; the log records what it chose.
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        # Under Slurm codecarbon asks `scontrol` for the job's CPU count, and fails uncaught where scontrol is
+        # absent (inside an image). This source models the whole machine, never the job's share: hide the job.
+        job, codecarbon_util.SLURM_JOB_ID = codecarbon_util.SLURM_JOB_ID, None
         try:
             if "cpu" in self.components:
                 tdp = TDP()
@@ -68,6 +72,8 @@ class EstimateSource(EnergySource):
                 self._ram_w = float(RAM(tracking_mode="machine")._calculate_ram_power(memory_gb))
         except Exception as exc:  # noqa: BLE001 - a codecarbon API change must not kill the meter
             raise SourceUnavailable(f"codecarbon model failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            codecarbon_util.SLURM_JOB_ID = job
 
     def devices(self) -> List[str]:
         return [f"{component}-estimate" for component in self.components]

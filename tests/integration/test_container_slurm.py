@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from jobs.container_image import DEPS_LABEL, cached_image, deps_sha256, sif_labels
+from tests.data_fixtures import LEGALBENCH, raw_corpus  # noqa: F401 (fixture)
 from tests.integration import e2e
 
 pytestmark = [pytest.mark.slurm, pytest.mark.container]
@@ -212,3 +213,25 @@ def test_a_killed_rank_inside_the_image_resumes_to_the_clean_runs_losses(slurm_c
             == (clean_run["stage"] / "final" / "model.safetensors").read_bytes())
     starts = [r for r in e2e.records(stage / "ledger.jsonl") if r["event"] == "attempt_start"]
     assert len(starts) == 2 and all(s["image"]["path"] == str(cpu_image) for s in starts)
+
+
+def test_the_real_prepare_pipeline_runs_inside_the_image_and_makes_the_hosts_dataset(slurm_cluster, raw_corpus,
+                                                                                     cpu_image, tmp_path):
+    """stage=prepare on 2 nodes inside the image (PDFs through the image's Poppler binding, HTML, dumps, the KenLM
+    filter, tiny-mixtral's local BPE): the same dataset and audit, byte for byte, as on the host."""
+    from tests.integration.test_prepare_pipeline import SMALL_PIECES, _overrides, _same_output_split_over_two_ranks
+
+    root, _ = raw_corpus
+    host = e2e.submit(*_overrides(root), f"runs_root={tmp_path / 'host'}", "run=host")
+    assert host.returncode == 0, host.stdout[-2000:] + host.stderr[-2000:]
+    # the LegalBench folder the decontamination reads is outside the run directory: bound like a user would
+    binds = [f"site.container.binds=[{LEGALBENCH.resolve()}]"] if LEGALBENCH.is_dir() else []
+    proc = subprocess.run([*e2e.SUBMIT, *_overrides(root, [SMALL_PIECES], site="local-slurm"), "nodes=2", *binds,
+                           f"site.container.image={cpu_image}", "follow=true", f"runs_root={tmp_path / 'image'}",
+                           "run=image"], env=slurm_cluster.client_environ(e2e.env_extra()), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    stage = tmp_path / "image" / "image" / "prepare"
+    starts = [r for r in e2e.records(stage / "ledger.jsonl") if r["event"] == "attempt_start"]
+    assert starts and all(r["image"]["path"] == str(cpu_image) for r in starts)
+    _same_output_split_over_two_ranks(tmp_path / "image" / "image" / "data", tmp_path / "host" / "host" / "data")

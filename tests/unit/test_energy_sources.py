@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,15 @@ def test_amd_package_grouping_by_model_and_override(monkeypatch):
     readings = forced.read()
     assert [r.device for r in readings] == ["amdgpu0", "amdgpu1", "amdgpu2", "amdgpu3"]
     assert [r.power_w for r in readings] == [200.0, None, 250.0, None]  # secondary dies: N/A
+
+
+def test_the_estimate_opens_inside_a_slurm_job_without_scontrol(tmp_path):
+    """A meter in an image: SLURM_JOB_ID set, no Slurm client on PATH (codecarbon would call scontrol)."""
+    import subprocess
+
+    probe = ("from monitoring.sources.estimate import EstimateSource; s = EstimateSource(); s.open(); "
+             "print(sorted(r.device for r in s.read()))")
+    env = {"SLURM_JOB_ID": "4242", "PATH": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['cpu-estimate', 'ram-estimate']"
