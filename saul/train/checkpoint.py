@@ -235,15 +235,22 @@ def shrunk_grad_accum(state: dict, micro_batch: int, grad_accum: int, world: int
 
 def apply_elastic_resume(cfg, root: Path, world: int, say) -> None:
     """On the ranks, before the engine is built: with resilience.allow_shrink, a checkpoint made on more ranks
-    resumes here with the grad_accum that keeps its global batch (check_layout refused what cannot)."""
-    found = newest_state(root) if cfg.resilience.allow_shrink else None
-    if found is None:
+    resumes here with the grad_accum that keeps its global batch (check_layout refused what cannot). Without a
+    checkpoint yet (a node lost before the first save committed), fewer ranks start over with the configured
+    layout's global batch, the one every checkpoint of the run carries."""
+    if not cfg.resilience.allow_shrink:
         return
-    name, state = found
     t = cfg.train
+    found = newest_state(root)
+    if found is None:
+        configured = int(cfg.nodes) * int(cfg.nproc)
+        found = ("the configured layout", {"world_size": configured,
+                                           "global_batch": t.micro_batch * t.grad_accum * configured})
+    name, state = found
     accum, why = shrunk_grad_accum(state, t.micro_batch, t.grad_accum, world)
     if accum is None or accum == t.grad_accum:
         return  # not a shrink, or one check_resumable refuses with the reason
-    say(f"elastic resume: {name} was made on {state['world_size']} ranks; {world} ranks keep its global batch of "
+    made = f"{name} was made on" if name != "the configured layout" else "no checkpoint yet, the configured layout has"
+    say(f"elastic resume: {made} {state['world_size']} ranks; {world} ranks keep its global batch of "
         f"{state['global_batch']} with grad_accum {accum} (configured {t.grad_accum})")
     t.grad_accum = accum

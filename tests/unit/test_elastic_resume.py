@@ -27,6 +27,24 @@ def test_fewer_ranks_keep_the_global_batch_with_more_accumulation():
     assert shrunk_grad_accum({}, micro_batch=4, grad_accum=2, world=3) == (2, "")  # no state to keep
 
 
+def test_a_shrink_before_the_first_checkpoint_keeps_the_configured_global_batch(tmp_path):
+    """A node lost before the first (asynchronous) save committed: 1 of 2 configured ranks starts over with twice
+    the accumulation, so the sample order is the configured run's; without allow_shrink nothing changes."""
+    said = []
+    cfg = compose(["stage=cpt", "model=tiny-mixtral", "site=local", "run=r", "nodes=2", "train.grad_accum=2",
+                   "resilience.allow_shrink=true"], env={}).cfg
+    ckpt.apply_elastic_resume(cfg, tmp_path / "checkpoints", world=1, say=said.append)
+    assert cfg.train.grad_accum == 4 and "no checkpoint yet, the configured layout has 2 ranks; 1 ranks keep its global batch" in said[0]
+    cfg = compose(["stage=cpt", "model=tiny-mixtral", "site=local", "run=r", "nodes=2", "train.grad_accum=2"],
+                  env={}).cfg
+    ckpt.apply_elastic_resume(cfg, tmp_path / "checkpoints", world=1, say=said.append)
+    assert cfg.train.grad_accum == 2 and len(said) == 1
+    cfg = compose(["stage=cpt", "model=tiny-mixtral", "site=local", "run=r", "nodes=2", "train.grad_accum=2",
+                   "resilience.allow_shrink=true"], env={}).cfg
+    ckpt.apply_elastic_resume(cfg, tmp_path / "checkpoints", world=2, say=said.append)  # the configured size
+    assert cfg.train.grad_accum == 2 and len(said) == 1
+
+
 def test_what_cannot_keep_the_global_batch_says_why():
     accum, why = shrunk_grad_accum(state(), micro_batch=4, grad_accum=2, world=3)
     assert accum is None and why == "its global batch of 32 sequences is not a multiple of micro_batch x ranks = 4 x 3"
