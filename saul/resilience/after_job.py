@@ -92,7 +92,14 @@ def main(argv=None) -> int:
         excluded = excluded_nodes(stage_dir / "ledger.jsonl", int(os.environ.get("SAUL_MAX_EXCLUDED_NODES", "16")))
         try:
             if excluded:
-                run_slurm(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}"])
+                try:
+                    run_slurm(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(excluded)}"])
+                except SlurmCommandError as exc:
+                    # Slurm changes the ExcNodeList of pending jobs only, and this job still runs (it is this
+                    # script): the requeue must go on. A DOWN or drained node is not allocated anyway; the ranks
+                    # leave an excluded node of the next allocation to a spare or a shrink (saul.resilience.spares).
+                    print(f"after_job: warning: {','.join(excluded)} not excluded from the requeued job ({exc}); "
+                          f"requeueing anyway", flush=True)
             if cancelled(stage_dir / "ledger.jsonl", job_id):  # a cancel that arrived while we decided
                 print("after_job: cancelled meanwhile: not requeued", flush=True)
                 return code

@@ -94,6 +94,20 @@ def test_after_job_never_requeues_a_job_whose_cancel_was_recorded(fake_bin, tmp_
     assert "-> requeue" in result.stdout and fake_bin.calls() == ["scontrol requeue 77"]
 
 
+def test_a_requeue_after_a_node_exclusion_is_not_lost_to_slurms_refusal(fake_bin, tmp_path):
+    """Slurm refuses to change a running job's ExcNodeList (seen on the local cluster: "Job is no longer pending
+    execution"); the crash after an earlier node exclusion must still be requeued, not end the job."""
+    fake_bin("scontrol", 'if [ "$1" = update ]; then echo "Job is no longer pending execution for job 77" >&2; '
+                         'exit 1; fi')
+    stage = tmp_path / "stage"
+    ledger.append(stage / "ledger.jsonl", {"event": "node_excluded", "node": "n2", "reason": "Slurm state down",
+                                           "job_id": "77", "time": 1.0})
+    result = after_job(stage, fake_bin.env, 137)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert fake_bin.calls() == ["scontrol update JobId=77 ExcNodeList=n2", "scontrol requeue 77"]
+    assert "after_job: warning: n2 not excluded from the requeued job" in result.stdout
+
+
 def test_after_job_with_a_controller_that_does_not_answer_says_so(fake_bin, tmp_path):
     fake_bin("scontrol", "sleep 300")
     result = after_job(tmp_path / "stage", fake_bin.env, 75)
