@@ -102,13 +102,13 @@ def bands_of_rank(rank: int, world: int, bands: int) -> List[int]:
 def run_bands(work: Path, num_pieces: int, bands: int, rows: int, mine: Sequence[int],
               should_stop: Callable[[], bool], beat: Callable[[], None] = lambda: None) -> int:
     """Phase 2 on one rank: the buckets and clusters of bands `mine` (those not done yet)."""
-    todo = [b for b in mine if not band_file(work, b).is_file()]
-    if not todo:
+    unfinished = [b for b in mine if not band_file(work, b).is_file()]
+    if not unfinished:
         return 0
     survivors = Survivors(work, num_pieces)
     band_file(work, 0).parent.mkdir(parents=True, exist_ok=True)
     done = 0
-    for b in todo:
+    for b in unfinished:
         if should_stop():
             break
         beat()  # a band of a large corpus takes minutes: the hang detector hears from rank 0 meanwhile
